@@ -1,0 +1,167 @@
+"""``repq-hw`` command line: a thin layer over :mod:`repq_hw.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO_OUT = Path("runs/demo")
+
+
+def _bits(s: str) -> int:
+    from repq_hw.quant.quantizers import check_bits
+
+    try:
+        return check_bits(int(s), "bits")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _model_args(p: argparse.ArgumentParser, default: str | None = "vit_digits") -> None:
+    p.add_argument("--model", default=default, help="model name (see `repq-hw models`)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="local weights: .safetensors, or .pth/.bin (weights_only)")
+    src.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a network)")
+    p.add_argument("--data", help="'digits' (default for the bundled models) or an ImageFolder directory")
+
+
+def _quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--w-bits", type=_bits, default=4)
+    p.add_argument("--a-bits", type=_bits, default=4)
+    p.add_argument("--method", choices=("repq", "naive"), default="repq")
+    p.add_argument("--no-reparam", action="store_true", help="keep post-LN quantizers channel-wise")
+    p.add_argument("--zero-point", choices=("round", "mean"), default="round",
+                   help="z~ of the reparameterized quantizer: round (integer pipeline) or mean (reference)")
+    p.add_argument("--calib-data", help="ImageFolder for calibration (default: --data)")
+    p.add_argument("--calib-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N images only")
+
+
+def _cfg(a):
+    from repq_hw.quant.model import QuantConfig
+
+    return QuantConfig(w_bits=a.w_bits, a_bits=a.a_bits, method=a.method, reparam=not a.no_reparam,
+                       zero_point=a.zero_point)
+
+
+def _print_summary(s: dict) -> None:
+    cfg = s["config"]
+    print(f"model {s['model']}  {cfg.label}  method={cfg.method} reparam={cfg.reparam} "
+          f"zero_point={cfg.zero_point}  calibration {s['calib_seconds']:.2f} s")
+    if "float" in s:
+        print(f"  float      : {s['float'].row()}")
+        print(f"  fake-quant : {s['quant'].row()}")
+    if "out_dir" in s:
+        print(f"  calibrated model written to {s['out_dir']}/ (model.safetensors + quant.json)")
+
+
+def cmd_calibrate(a) -> int:
+    from repq_hw.pipeline import run_calibrate
+
+    s = run_calibrate(a.model, _cfg(a), a.checkpoint, a.pretrained, a.data, a.calib_data, a.calib_size,
+                      a.seed, a.out, evaluate_acc=not a.no_eval, eval_limit=a.eval_limit)
+    _print_summary(s)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from repq_hw.evaluate import evaluate
+    from repq_hw.models.registry import create_model
+    from repq_hw.pipeline import eval_batches, run_calibrate
+
+    if a.calibrated:
+        from repq_hw.quant.model import load_calibrated
+
+        q, cfg, meta = load_calibrated(a.calibrated)
+        name = meta["model"]["name"]
+        fmodel = create_model(name, checkpoint=meta.get("checkpoint"))
+        data, n = eval_batches(fmodel, name, a.data, limit=a.eval_limit)
+        print(f"model {name}  {cfg.label} (loaded from {a.calibrated})")
+        print(f"  float      : {evaluate(fmodel, data, 'float', True, n)[0].row()}")
+        print(f"  fake-quant : {evaluate(q, data, cfg.label, True, n)[0].row()}")
+        return 0
+    s = run_calibrate(a.model, _cfg(a), a.checkpoint, a.pretrained, a.data, a.calib_data, a.calib_size,
+                      a.seed, None, evaluate_acc=True, eval_limit=a.eval_limit)
+    _print_summary(s)
+    return 0
+
+
+def cmd_ablation(a) -> int:
+    from repq_hw.pipeline import ablation_markdown, run_ablation
+
+    bits = tuple(_bits(b) for b in a.bits.split(","))
+    for name in a.models.split(","):
+        rows = run_ablation(name, bits, a.data, a.checkpoint, a.calib_size, a.seed)
+        print(ablation_markdown(name, rows))
+        print()
+    return 0
+
+
+def cmd_models(a) -> int:
+    from repq_hw.models.registry import supported_models
+
+    print("\n".join(supported_models()))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """The main job on the bundled default model."""
+    from repq_hw.models.registry import DEFAULT_MODEL
+    from repq_hw.pipeline import run_calibrate
+    from repq_hw.quant.model import QuantConfig
+
+    out = Path(a.out)
+    print(f"== repq-hw demo: {DEFAULT_MODEL}, RepQ-ViT W4/A4, calibrate on 32 digits images ==")
+    s = run_calibrate(DEFAULT_MODEL, QuantConfig(w_bits=4, a_bits=4), out_dir=out / "calibrated")
+    _print_summary(s)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repq-hw", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("calibrate", help="RepQ-ViT calibration; saves the calibrated model")
+    _model_args(c)
+    _quant_args(c)
+    c.add_argument("--out", required=True, help="output folder for model.safetensors + quant.json")
+    c.add_argument("--no-eval", action="store_true", help="skip the float vs fake-quant evaluation")
+    c.set_defaults(func=cmd_calibrate)
+
+    e = sub.add_parser("eval", help="float vs fake-quant accuracy")
+    _model_args(e)
+    _quant_args(e)
+    e.add_argument("--calibrated", help="a folder written by `repq-hw calibrate` (skips calibration)")
+    e.set_defaults(func=cmd_eval)
+
+    ab = sub.add_parser("ablation", help="float / RepQ-ViT / no-reparam / naive at several bit widths")
+    ab.add_argument("--models", default="vit_digits,swin_digits")
+    ab.add_argument("--bits", default="8,6,4")
+    ab.add_argument("--data")
+    ab.add_argument("--checkpoint")
+    ab.add_argument("--calib-size", type=int, default=32)
+    ab.add_argument("--seed", type=int, default=0)
+    ab.set_defaults(func=cmd_ablation)
+
+    m = sub.add_parser("models", help="list supported model names")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="the main job on the bundled default model")
+    d.add_argument("--out", default=str(DEMO_OUT))
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"repq-hw: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

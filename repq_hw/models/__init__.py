@@ -1,0 +1,1 @@
+"""Model registry, bundled real-data models and their training script."""

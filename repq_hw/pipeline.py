@@ -1,0 +1,139 @@
+"""Library functions behind the CLI: load a model and its data, calibrate, evaluate, ablate.
+
+The data source is either ``"digits"`` (the bundled scikit-learn digits split, for the ``*_digits`` and
+``test_*`` models) or an ImageFolder directory laid out like ImageNet val (timm models).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from repq_hw.evaluate import Accuracy, batches, evaluate
+from repq_hw.models.registry import create_model, digits_model_names, model_config
+from repq_hw.quant.model import QuantConfig, build_calibrated, save_calibrated
+
+DIGITS = "digits"
+
+
+def default_data(model_name: str) -> str | None:
+    return DIGITS if model_name in digits_model_names() else None
+
+
+def _check_data(model_name: str, data: str | None) -> str:
+    if data is None:
+        data = default_data(model_name)
+    if data is None:
+        raise ValueError(f"model {model_name!r} needs --data DIR (an ImageFolder laid out like ImageNet val)")
+    return data
+
+
+def calibration_images(model: torch.nn.Module, model_name: str, data: str | None, n: int = 32,
+                       seed: int = 0) -> torch.Tensor:
+    """The calibration batch: n images, seeded, from the digits train split or an ImageFolder."""
+    data = _check_data(model_name, data)
+    if n < 1:
+        raise ValueError(f"calibration size must be >= 1, got {n}")
+    if data == DIGITS:
+        from repq_hw.data.digits import calibration_batch
+
+        return calibration_batch(n, seed=seed)
+    from repq_hw.data.imagefolder import timm_eval_loader
+
+    ds = timm_eval_loader(data, model).dataset
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+    return torch.stack([ds[i][0] for i in idx])
+
+
+def eval_batches(model: torch.nn.Module, model_name: str, data: str | None, batch_size: int = 100,
+                 limit: int | None = None):
+    """(iterable of (images, labels), number of batches) for evaluation."""
+    data = _check_data(model_name, data)
+    if data == DIGITS:
+        from repq_hw.data.digits import load_digits_split
+
+        x, y = load_digits_split("test")
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        return list(batches(x, y, batch_size)), (len(x) + batch_size - 1) // batch_size
+    from repq_hw.data.imagefolder import timm_eval_loader
+
+    loader = timm_eval_loader(data, model, batch_size=batch_size, limit=limit)
+    return loader, len(loader)
+
+
+@dataclass
+class CalibrationResult:
+    model: torch.nn.Module
+    cfg: QuantConfig
+    seconds: float
+
+
+def calibrate_model(float_model: torch.nn.Module, images: torch.Tensor, cfg: QuantConfig,
+                    progress: bool = True) -> CalibrationResult:
+    """Calibrate a copy of float_model (the float model is left untouched)."""
+    t0 = time.perf_counter()
+    q = build_calibrated(copy.deepcopy(float_model), images, cfg, progress=progress)
+    return CalibrationResult(q, cfg, time.perf_counter() - t0)
+
+
+def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = None, pretrained: bool = False,
+                  data: str | None = None, calib_data: str | None = None, calib_size: int = 32,
+                  seed: int = 0, out_dir: str | Path | None = None, evaluate_acc: bool = True,
+                  eval_limit: int | None = None, progress: bool = True) -> dict:
+    """Calibrate a model, optionally evaluate float vs fake-quant, optionally save. Returns a summary."""
+    torch.manual_seed(seed)
+    model = create_model(model_name, checkpoint=checkpoint, pretrained=pretrained)
+    calib = calibration_images(model, model_name, calib_data or data, calib_size, seed)
+    res = calibrate_model(model, calib, cfg, progress)
+    summary = {"model": model_name, "config": cfg, "calib_seconds": res.seconds, "calibrated": res.model}
+    if evaluate_acc:
+        batches_, n = eval_batches(model, model_name, data, limit=eval_limit)
+        summary["float"], _ = evaluate(model, batches_, "float", progress, n)
+        summary["quant"], _ = evaluate(res.model, batches_, cfg.label, progress, n)
+    if out_dir is not None:
+        extra = {"calibration": {"data": calib_data or data or default_data(model_name), "n": calib_size,
+                                 "seed": seed, "seconds": round(res.seconds, 3)},
+                 "checkpoint": str(checkpoint) if checkpoint else None}
+        if evaluate_acc:
+            extra["accuracy"] = {k: summary[k].__dict__ for k in ("float", "quant")}
+        save_calibrated(res.model, cfg, model_config(model_name), out_dir, extra)
+        summary["out_dir"] = Path(out_dir)
+    return summary
+
+
+ABLATION_ROWS = (
+    ("RepQ-ViT", dict(method="repq", reparam=True)),
+    ("RepQ-ViT, no reparam (channel-wise post-LN)", dict(method="repq", reparam=False)),
+    ("RepQ-ViT, reference z~ = mean(z)", dict(method="repq", reparam=True, zero_point="mean")),
+    ("naive (per-tensor min-max, uniform post-Softmax)", dict(method="naive")),
+)
+
+
+def run_ablation(model_name: str, bits: tuple[int, ...] = (8, 6, 4), data: str | None = None,
+                 checkpoint: str | None = None, calib_size: int = 32, seed: int = 0,
+                 progress: bool = True) -> list[tuple[str, str, Accuracy]]:
+    """The paper's ablation on one model: float, then every row of ABLATION_ROWS at WbAb."""
+    model = create_model(model_name, checkpoint=checkpoint)
+    calib = calibration_images(model, model_name, data, calib_size, seed)
+    data_batches, n = eval_batches(model, model_name, data)
+    rows = [("float", "fp32", evaluate(model, data_batches, "float", progress, n)[0])]
+    for b in bits:
+        for label, kw in ABLATION_ROWS:
+            cfg = QuantConfig(w_bits=b, a_bits=b, **kw)
+            q = calibrate_model(model, calib, cfg, progress).model
+            rows.append((label, cfg.label, evaluate(q, data_batches, f"{label} {cfg.label}", progress, n)[0]))
+    return rows
+
+
+def ablation_markdown(model_name: str, rows: list[tuple[str, str, Accuracy]]) -> str:
+    lines = [f"**{model_name}** (digits test split, n={rows[0][2].n})", "",
+             "| method | bits | top-1 % | top-5 % | loss |", "|---|---|---:|---:|---:|"]
+    for label, bits, acc in rows:
+        lines.append(f"| {label} | {bits} | {acc.top1:.2f} | {acc.top5:.2f} | {acc.loss:.4f} |")
+    return "\n".join(lines)

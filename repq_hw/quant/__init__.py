@@ -1,0 +1,1 @@
+"""Quantization on the PyTorch side: quantizers, calibration, scale reparameterization."""
