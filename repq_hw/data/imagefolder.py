@@ -60,6 +60,9 @@ def timm_eval_loader(root: str | Path, model: torch.nn.Module, batch_size: int =
     import timm.data
 
     config = timm.data.resolve_data_config({}, model=model)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None):  # models built from a config, not a pretrained tag
+        config["input_size"] = (pe.proj.in_channels, *pe.img_size)
     ds = ImageFolderDataset(root, timm.data.create_transform(**config, is_training=False))
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
