@@ -1,0 +1,1 @@
+"""Integer IR: op set, graph, serialization, validator."""
