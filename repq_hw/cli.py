@@ -88,6 +88,63 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_fidelity_eval(a) -> int:
+    from repq_hw.fidelity import plot_sqnr
+    from repq_hw.pipeline import run_fidelity
+    from repq_hw.quant.model import QuantConfig
+
+    cfgs = [_cfg(a)] if a.bits is None else [QuantConfig(w_bits=b, a_bits=b)
+                                             for b in (_bits(x) for x in a.bits.split(","))]
+    reports = run_fidelity(a.model, cfgs, a.data, a.checkpoint, a.calib_size, a.seed, eval_limit=a.eval_limit)
+    for r in reports:
+        print(r.table())
+        worst = sorted(r.sqnr.items(), key=lambda kv: kv[1])[:3]
+        print("  lowest per-layer SQNR (integer vs fake-quant): "
+              + ", ".join(f"{k.removesuffix('.out')} {v:.1f} dB" for k, v in worst))
+        print()
+    if a.sqnr_plot:
+        plot_sqnr(reports, a.sqnr_plot, f"{a.model}: per-layer SQNR, integer emulator vs fake-quant")
+        print(f"SQNR plot written to {a.sqnr_plot}")
+    return 0
+
+
+def cmd_lower(a) -> int:
+    from repq_hw.pipeline import run_lower
+
+    g = run_lower(a.calibrated, a.out, a.data)
+    print(f"lowered {g.meta.get('model')} W{g.meta['w_bits']}A{g.meta['a_bits']}: {len(g.nodes)} nodes, "
+          f"{sum(c.size for c in g.constants.values())} constant integers -> {a.out}/ (graph.json, constants.npz)")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import numpy as np
+
+    from repq_hw.emu.execute import run_graph
+    from repq_hw.ir.graph import load_graph
+    from repq_hw.pipeline import host_input_codes
+
+    g = load_graph(a.ir)
+    labels = None
+    if a.npy:
+        x = np.load(a.npy, allow_pickle=False)
+        codes = x if x.dtype.kind in "iu" else host_input_codes(g, x)
+    else:
+        from repq_hw.data.digits import load_digits_split
+
+        xs, ys = load_digits_split("test")
+        n = a.limit or len(xs)
+        codes, labels = host_input_codes(g, xs[:n].numpy()), ys[:n].numpy()
+    out = run_graph(g, codes, a.backend)[g.outputs[0]][:, 0, :].astype(np.int64)
+    k = min(a.topk, out.shape[1])
+    top = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    for i in range(min(len(out), a.show)):
+        print(f"image {i}: top-{k} classes {top[i].tolist()}  int32 logits {out[i, top[i]].tolist()}")
+    if labels is not None:
+        print(f"integer top-1 on {len(labels)} digits test images: {100 * (top[:, 0] == labels).mean():.2f}%")
+    return 0
+
+
 def cmd_ablation(a) -> int:
     from repq_hw.pipeline import ablation_markdown, run_ablation
 
@@ -134,7 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(e)
     _quant_args(e)
     e.add_argument("--calibrated", help="a folder written by `repq-hw calibrate` (skips calibration)")
-    e.set_defaults(func=cmd_eval)
+    e.add_argument("--integer", action="store_true",
+                   help="the fidelity ladder: float, fake-quant (paper and inference form), integer emulator")
+    e.add_argument("--bits", help="with --integer: comma-separated WbAb settings, e.g. 8,6,4")
+    e.add_argument("--sqnr-plot", help="with --integer: write the per-layer SQNR plot (PNG) here")
+    e.set_defaults(func=lambda a: cmd_fidelity_eval(a) if a.integer else cmd_eval(a))
+
+    lo = sub.add_parser("lower", help="calibrated model folder -> integer IR folder")
+    lo.add_argument("--calibrated", required=True)
+    lo.add_argument("--out", required=True)
+    lo.add_argument("--data", help="calibration data override (default: as recorded at calibration)")
+    lo.set_defaults(func=cmd_lower)
+
+    r = sub.add_parser("run", help="run an IR on images with the integer emulator: logits and top-k")
+    r.add_argument("--ir", required=True)
+    r.add_argument("--npy", help="images as .npy: float [B,C,H,W] (host-quantized) or integer input codes")
+    r.add_argument("--limit", type=int, help="digits: first N test images")
+    r.add_argument("--backend", choices=("fast", "ref"), default="fast")
+    r.add_argument("--topk", type=int, default=3)
+    r.add_argument("--show", type=int, default=5, help="print the first N images' top-k")
+    r.set_defaults(func=cmd_run)
 
     ab = sub.add_parser("ablation", help="float / RepQ-ViT / no-reparam / naive at several bit widths")
     ab.add_argument("--models", default="vit_digits,swin_digits")
@@ -158,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"repq-hw: error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from repq_hw.evaluate import Accuracy, batches, evaluate
@@ -137,3 +138,62 @@ def ablation_markdown(model_name: str, rows: list[tuple[str, str, Accuracy]]) ->
     for label, bits, acc in rows:
         lines.append(f"| {label} | {bits} | {acc.top1:.2f} | {acc.top5:.2f} | {acc.loss:.4f} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Integer side: lower, run, fidelity.
+
+
+def lower_calibrated(qmodel: torch.nn.Module, cfg: QuantConfig, model_name: str, calib: torch.Tensor,
+                     lcfg=None, out_dir: str | Path | None = None):
+    """Lower a calibrated ViT/DeiT to the integer IR; optionally save it (graph.json + constants.npz)."""
+    from repq_hw.ir.graph import save_graph
+    from repq_hw.lower.vit import LowerConfig, lower_vit
+
+    g = lower_vit(qmodel, cfg, calib, lcfg or LowerConfig(), meta={"model": model_name})
+    if out_dir is not None:
+        save_graph(g, out_dir)
+    return g
+
+
+def run_lower(calibrated_dir: str | Path, out_dir: str | Path, data: str | None = None, calib_size: int = 32,
+              seed: int = 0):
+    """``repq-hw lower``: calibrated model folder -> IR folder. The calibration batch is rebuilt from the
+    calibration record (same data, size and seed) to measure the residual and GELU-input ranges."""
+    from repq_hw.quant.model import load_calibrated
+
+    q, cfg, meta = load_calibrated(calibrated_dir)
+    name = meta["model"]["name"]
+    cal = meta.get("calibration", {})
+    data = data or cal.get("data") or default_data(name)
+    calib = calibration_images(q, name, data, cal.get("n", calib_size), cal.get("seed", seed))
+    return lower_calibrated(q, cfg, name, calib, out_dir=out_dir)
+
+
+def run_fidelity(model_name: str, configs: list[QuantConfig], data: str | None = None,
+                 checkpoint: str | None = None, calib_size: int = 32, seed: int = 0, backend: str = "fast",
+                 eval_limit: int | None = None, progress: bool = True):
+    """The fidelity ladder for each QuantConfig; returns FidelityReports."""
+    from repq_hw.fidelity import fidelity
+
+    model = create_model(model_name, checkpoint=checkpoint)
+    calib = calibration_images(model, model_name, data, calib_size, seed)
+    data_batches, _ = eval_batches(model, model_name, data, limit=eval_limit)
+    xs = torch.cat([b[0] for b in data_batches])
+    ys = torch.cat([b[1] for b in data_batches])
+    reports = []
+    for cfg in configs:
+        q = calibrate_model(model, calib, cfg, progress).model
+        g = lower_calibrated(q, cfg, model_name, calib)
+        reports.append(fidelity(model, q, g, xs, ys, cfg.label, backend=backend))
+    return reports
+
+
+def host_input_codes(g, images: np.ndarray) -> np.ndarray:
+    """Host-side preprocessing: float images -> the graph input's codes, as the fake-quant input quantizer
+    computes them (float32 division, round half to even, zero point, clamp)."""
+    info = g.tensors[g.inputs[0]]
+    t = info.type
+    x = np.asarray(images, dtype=np.float32) / np.float32(info.scale)
+    codes = np.clip(np.round(x) + info.zero_point, t.min, t.max)
+    return codes.astype(t.storage)

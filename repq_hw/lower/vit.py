@@ -173,7 +173,7 @@ class ViTLowering:
             raise LoweringError(f"{name}: bias does not fit int32 at the accumulator scale")
         m = self.b.shape(x)[0]
         out = self.b.node(name, Op.GEMM, [x], "int32", (m, codes.shape[0]), attrs={"a_zp": a_zp},
-                          consts={"weight": codes.astype(np.uint8 if codes.max() < 256 else np.int64),
+                          consts={"weight": (codes, IntType(False, lin.weight_quantizer.n_bits, codes.shape)),
                                   "w_zp": wzp, "bias": bias.astype(np.int32)},
                           scale=acc_scale.tolist(), layout="NC")
         return out, acc_scale
