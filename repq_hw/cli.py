@@ -164,15 +164,34 @@ def cmd_models(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    """The main job on the bundled default model."""
+    """The main job on the bundled default model: calibrate, evaluate, lower, emulate."""
+    from repq_hw.fidelity import fidelity, plot_sqnr
     from repq_hw.models.registry import DEFAULT_MODEL
-    from repq_hw.pipeline import run_calibrate
+    from repq_hw.pipeline import calibration_images, eval_batches, lower_calibrated, run_calibrate
     from repq_hw.quant.model import QuantConfig
 
+    import torch
+
     out = Path(a.out)
-    print(f"== repq-hw demo: {DEFAULT_MODEL}, RepQ-ViT W4/A4, calibrate on 32 digits images ==")
-    s = run_calibrate(DEFAULT_MODEL, QuantConfig(w_bits=4, a_bits=4), out_dir=out / "calibrated")
+    cfg = QuantConfig(w_bits=4, a_bits=4)
+    print(f"== repq-hw demo: {DEFAULT_MODEL}, RepQ-ViT {cfg.label}, calibrated on 32 digits train images ==")
+    s = run_calibrate(DEFAULT_MODEL, cfg, out_dir=out / "calibrated")
     _print_summary(s)
+    q = s["calibrated"]
+    calib = calibration_images(q, DEFAULT_MODEL, None)
+    g = lower_calibrated(q, cfg, DEFAULT_MODEL, calib, out_dir=out / "ir")
+    print(f"\n== lowered to the integer IR: {len(g.nodes)} nodes -> {out / 'ir'}/ (graph.json, constants.npz)")
+    from repq_hw.models.registry import create_model
+
+    fmodel = create_model(DEFAULT_MODEL)
+    data, _ = eval_batches(fmodel, DEFAULT_MODEL, None)
+    xs, ys = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    print(f"== integer emulator (Numba kernels) on the {len(xs)} test images ==")
+    rep = fidelity(fmodel, q, g, xs, ys, cfg.label)
+    print(rep.table())
+    plot_sqnr([rep], out / "sqnr.png", f"{DEFAULT_MODEL}: per-layer SQNR, integer emulator vs fake-quant")
+    print(f"per-layer SQNR plot: {out / 'sqnr.png'}")
+    print(f"replay: .venv/bin/repq-hw run --ir {out / 'ir'}")
     return 0
 
 

@@ -66,11 +66,11 @@ def _requant_consts(g: Graph, node: Node, channels: int) -> tuple[int, int]:
     for what, a in (("multiplier", m), ("shift", s), ("offset", off)):
         if a.ndim != 1 or a.shape[0] not in (1, channels):
             _fail(node, f"{what} must have shape [1] or [{channels}], got {a.shape}")
-    if m.min() < 0 or m.max() >= 1 << 31:
-        _fail(node, f"multiplier outside [0, 2^31): [{m.min()}, {m.max()}]")
+    if m.min() <= -(1 << 31) or m.max() >= 1 << 31:
+        _fail(node, f"multiplier outside (-2^31, 2^31): [{m.min()}, {m.max()}]")
     if s.min() < 0 or s.max() > 62:
         _fail(node, f"shift outside [0, 62]: [{s.min()}, {s.max()}]")
-    return int(m.max()), int(np.abs(off.astype(np.int64)).max())
+    return int(np.abs(m.astype(np.int64)).max()), int(np.abs(off.astype(np.int64)).max())
 
 
 def validate_graph(g: Graph) -> None:

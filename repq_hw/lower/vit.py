@@ -62,8 +62,8 @@ class LowerConfig:
     residual_bits: int = 16
     residual_headroom: float = 2.0
     ln_frac_bits: int = 16
-    softmax_frac_bits: int = 8
-    softmax_lut_bits: int = 15
+    softmax_frac_bits: int = 10
+    softmax_lut_bits: int = 22
     softmax_out_bits: int = 16
     attn_max_shift: int = 12
     sqrt2_frac_bits: int = 15

@@ -1,0 +1,306 @@
+"""Integer LayerNorm normalisation (and the fused normalisation + per-channel requantize).
+
+Per row of ``x`` (int32 ``[T, C]``, residual-stream codes, zero point 0)::
+
+    S       = sum_c x_c                      int64 (|S| < 2^31 by the headroom condition)
+    Q       = sum_c x_c^2                    int64
+    var_n   = C*Q - S^2                      = C^2 * variance >= 0, exact, < 2^62
+    sigma_n = isqrt(var_n + eps_q)           < 2^31
+    d_c     = C*x_c - S                      |d_c| < 2^32
+    norm_c  = round_div(d_c * 2^F, sigma_n)  int32, Q(F) fixed point of (x - mean)/sqrt(var + eps)
+    (sigma_n == 0, i.e. a constant row with eps_q == 0: norm_c = 0 by definition)
+
+Headroom (checked by both implementations; see ``docs/ops/layernorm.md``):
+    H1  C * max|x| < 2^31        (=> |S| < 2^31, S^2 < 2^62, C*Q < 2^62, |d_c| < 2^32)
+    H2  var_n + eps_q < 2^62     (isqrt domain), eps_q in [0, 2^62)
+    F in [0, 30]                 (=> |d_c| * 2^F < 2^62)
+    the result must fit int32    (else OverflowError)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .isqrt import isqrt_ref, isqrt_scalar
+from .rounding import (
+    INT64_MAX,
+    _cast_out,
+    _check_requant_attrs,
+    mode_id,
+    requant_scalar,
+    requantize_ref,
+    round_div,
+    round_div_ref,
+)
+
+__all__ = ["MAX_FRAC_BITS", "layernorm", "layernorm_ref", "layernorm_requant", "layernorm_requant_ref"]
+
+MAX_FRAC_BITS = 30
+_I32_MIN = -(1 << 31)
+_I32_MAX = (1 << 31) - 1
+_LIM62 = 1 << 62
+
+
+def _check_inputs(x: object, eps_q: object, frac_bits: object, op: str) -> tuple[np.ndarray, int, int]:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{op}: x must be an integer array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{op}: x must be [T, C], got shape {a.shape}")
+    a = a.astype(np.int64)
+    eps = int(eps_q)
+    if not 0 <= eps < _LIM62:
+        raise ValueError(f"{op}: eps_q={eps} outside [0, 2^62)")
+    f = int(frac_bits)
+    if not 0 <= f <= MAX_FRAC_BITS:
+        raise ValueError(f"{op}: frac_bits={f} outside [0, {MAX_FRAC_BITS}]")
+    c = a.shape[1]
+    if c == 0:
+        raise ValueError(f"{op}: C must be >= 1")
+    xmax = int(np.abs(a).max(initial=0))
+    if c * xmax >= (1 << 31):
+        raise OverflowError(f"{op}: headroom H1 violated: C*max|x| = {c}*{xmax} = {c * xmax} >= 2^31")
+    return a, eps, f
+
+
+def layernorm_ref(x: np.ndarray, eps_q: int, frac_bits: int, rounding: str | int) -> np.ndarray:
+    """Reference integer LayerNorm normalisation: Q(F) codes of ``(x - mean) / sqrt(var + eps)``.
+
+    Args:
+        x: int32 ``[T, C]`` residual-stream codes (zero point 0).
+        eps_q: ``round(eps * C^2 / s^2)`` (int64 >= 0) computed by the lowering.
+        frac_bits: F, the number of fraction bits of the output (0..30).
+        rounding: rounding mode of the final division.
+
+    Returns:
+        int32 ``[T, C]``.
+
+    Raises:
+        OverflowError: headroom H1/H2 violated or a result outside int32.
+        ValueError: bad attribute (eps_q, frac_bits, rounding) or shape.
+    """
+    op = "layernorm"
+    mid = mode_id(rounding)
+    a, eps, f = _check_inputs(x, eps_q, frac_bits, op)
+    c = np.int64(a.shape[1])
+    s = a.sum(axis=1, keepdims=True)  # [T, 1]
+    q = (a * a).sum(axis=1, keepdims=True)
+    var_n = c * q - s * s  # >= 0 (Cauchy-Schwarz), < 2^62 by H1
+    tot = var_n + np.int64(eps)  # < 2^62 + 2^62: no int64 overflow
+    if (tot >= _LIM62).any():
+        t = int(np.flatnonzero(tot[:, 0] >= _LIM62)[0])
+        raise OverflowError(
+            f"{op}: headroom H2 violated: var_n + eps_q = {int(tot[t, 0])} >= 2^62 in row {t}"
+        )
+    sigma = isqrt_ref(tot)  # [T, 1]
+    d = c * a - s  # |d| < 2^32
+    num = d * np.int64(1 << f)  # |num| < 2^62
+    zero = sigma == 0
+    norm = round_div_ref(num, np.where(zero, 1, sigma), mid)
+    norm = np.where(zero, 0, norm)  # constant row with eps_q == 0: norm := 0 (d is 0 there anyway)
+    bad = (norm < _I32_MIN) | (norm > _I32_MAX)
+    if bad.any():
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise OverflowError(f"{op}: normalised value {int(norm[i])} at index {i} does not fit int32")
+    return norm.astype(np.int32)
+
+
+def layernorm_requant_ref(
+    x: np.ndarray,
+    eps_q: int,
+    frac_bits: int,
+    multiplier: object,
+    shift: object,
+    offset: object,
+    zero_point: int,
+    out_min: int,
+    out_max: int,
+    rounding: str | int,
+    out_dtype: type | None = None,
+) -> np.ndarray:
+    """Reference LayerNorm op: :func:`layernorm_ref` followed by :func:`requantize_ref` (folded affine).
+
+    Args:
+        x: int32 ``[T, C]``.
+        eps_q: integer epsilon (see :func:`layernorm_ref`).
+        frac_bits: F of the normalised intermediate.
+        multiplier: per-channel ``[C]`` (or scalar) multiplier in ``(-2^31, 2^31)`` (sign of gamma).
+        shift: per-channel ``[C]`` (or scalar) shift in ``[0, 62]``.
+        offset: per-channel ``[C]`` (or scalar) int64 offset.
+        zero_point: output zero point.
+        out_min: output minimum.
+        out_max: output maximum.
+        rounding: rounding mode used by both the division and the requantize shift.
+        out_dtype: result dtype (default int32).
+
+    Returns:
+        ``[T, C]`` array of ``out_dtype``.
+    """
+    norm = layernorm_ref(x, eps_q, frac_bits, rounding)
+    return requantize_ref(norm, multiplier, shift, offset, zero_point, out_min, out_max, rounding, out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _ln_row(xr: np.ndarray, eps: int, f: int, mid: int, out: np.ndarray) -> int:
+    """Normalise one row into ``out`` (int64). Returns 0, or 1 if H2 fails, or 2 if a value leaves int32."""
+    c = xr.shape[0]
+    s = np.int64(0)
+    q = np.int64(0)
+    for j in range(c):
+        v = np.int64(xr[j])
+        s += v
+        q += v * v
+    var_n = np.int64(c) * q - s * s
+    tot = var_n + eps
+    if tot >= np.int64(1) << 62:
+        out[0] = tot
+        return 1
+    sigma = isqrt_scalar(tot)
+    scale = np.int64(1) << f
+    for j in range(c):
+        if sigma == 0:
+            out[j] = 0
+        else:
+            d = np.int64(c) * np.int64(xr[j]) - s
+            out[j] = round_div(d * scale, sigma, mid)
+    for j in range(c):
+        if out[j] < _I32_MIN or out[j] > _I32_MAX:
+            out[0] = out[j]
+            return 2
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def _layernorm_rows(x: np.ndarray, eps: int, f: int, mid: int, out: np.ndarray, bad: np.ndarray) -> None:
+    t, c = x.shape
+    for i in prange(t):
+        row = np.empty(c, dtype=np.int64)
+        flag = _ln_row(x[i], eps, f, mid, row)
+        if flag != 0:
+            bad[i, 0] = flag
+            bad[i, 1] = row[0]
+            continue
+        for j in range(c):
+            out[i, j] = np.int32(row[j])
+
+
+@njit(cache=True, parallel=True)
+def _layernorm_requant_rows(
+    x: np.ndarray,
+    eps: int,
+    f: int,
+    mult: np.ndarray,
+    lim: np.ndarray,
+    sh: np.ndarray,
+    off: np.ndarray,
+    zp: int,
+    lo: int,
+    hi: int,
+    mid: int,
+    out: np.ndarray,
+    bad: np.ndarray,
+) -> None:
+    t, c = x.shape
+    imax = np.int64(INT64_MAX)
+    for i in prange(t):
+        row = np.empty(c, dtype=np.int64)
+        flag = _ln_row(x[i], eps, f, mid, row)
+        if flag != 0:
+            bad[i, 0] = flag
+            bad[i, 1] = row[0]
+            continue
+        for j in range(c):
+            a = row[j]
+            if a > lim[j] or a < -lim[j]:
+                bad[i, 0] = 3
+                bad[i, 1] = j
+                break
+            p = a * mult[j]
+            o = off[j]
+            if (o >= 0 and p > imax - o) or (o < 0 and p < -imax - o):
+                bad[i, 0] = 4
+                bad[i, 1] = j
+                break
+            out[i, j] = np.int32(requant_scalar(p + o, sh[j], zp, lo, hi, mid))
+
+
+def _raise_ln(bad: np.ndarray, op: str) -> None:
+    if bad[:, 0].any():
+        i = int(np.flatnonzero(bad[:, 0])[0])
+        flag, val = int(bad[i, 0]), int(bad[i, 1])
+        if flag == 1:
+            raise OverflowError(f"{op}: headroom H2 violated: var_n + eps_q = {val} >= 2^62 in row {i}")
+        if flag == 2:
+            raise OverflowError(f"{op}: normalised value {val} in row {i} does not fit int32")
+        raise OverflowError(f"{op}: requantize product overflows int64 in row {i}, channel {val}")
+
+
+def layernorm(x: np.ndarray, eps_q: int, frac_bits: int, rounding: str | int) -> np.ndarray:
+    """Numba integer LayerNorm normalisation (bit-identical to :func:`layernorm_ref`).
+
+    Args:
+        x: int32 ``[T, C]``.
+        eps_q: integer epsilon (>= 0).
+        frac_bits: F (0..30).
+        rounding: rounding mode of the final division.
+
+    Returns:
+        int32 ``[T, C]``.
+    """
+    op = "layernorm"
+    mid = mode_id(rounding)
+    a, eps, f = _check_inputs(x, eps_q, frac_bits, op)
+    out = np.empty(a.shape, dtype=np.int32)
+    bad = np.zeros((a.shape[0], 2), dtype=np.int64)
+    _layernorm_rows(np.ascontiguousarray(a), eps, f, mid, out, bad)
+    _raise_ln(bad, op)
+    return out
+
+
+def layernorm_requant(
+    x: np.ndarray,
+    eps_q: int,
+    frac_bits: int,
+    multiplier: object,
+    shift: object,
+    offset: object,
+    zero_point: int,
+    out_min: int,
+    out_max: int,
+    rounding: str | int,
+    out_dtype: type | None = None,
+) -> np.ndarray:
+    """Numba fused LayerNorm + per-channel requantize (bit-identical to :func:`layernorm_requant_ref`).
+
+    Args:
+        x: int32 ``[T, C]``.
+        eps_q: integer epsilon.
+        frac_bits: F of the normalised intermediate.
+        multiplier: per-channel (or scalar) multiplier in ``(-2^31, 2^31)`` (sign of gamma).
+        shift: per-channel (or scalar) shift in ``[0, 62]``.
+        offset: per-channel (or scalar) int64 offset.
+        zero_point: output zero point.
+        out_min: output minimum.
+        out_max: output maximum.
+        rounding: rounding mode (division and requantize shift).
+        out_dtype: result dtype (default int32).
+    """
+    op = "layernorm"
+    mid = mode_id(rounding)
+    a, eps, f = _check_inputs(x, eps_q, frac_bits, op)
+    c = a.shape[1]
+    mult, sh, off, zp, lo, hi = _check_requant_attrs(
+        multiplier, shift, offset, zero_point, out_min, out_max, c, "requantize"
+    )
+    lim = np.where(mult != 0, np.int64(INT64_MAX) // np.maximum(np.abs(mult), 1), np.int64(INT64_MAX))
+    out = np.empty(a.shape, dtype=np.int32)
+    bad = np.zeros((a.shape[0], 2), dtype=np.int64)
+    _layernorm_requant_rows(np.ascontiguousarray(a), eps, f, mult, lim, sh, off, zp, lo, hi, mid, out, bad)
+    _raise_ln(bad, op)
+    return _cast_out(out, out_dtype, lo, hi, "requantize")

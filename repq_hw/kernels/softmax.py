@@ -1,0 +1,226 @@
+"""Integer softmax in exp2 / LUT-and-shift form, row-wise over the last axis.
+
+Per row of ``x`` (int32 accumulators of q.k^T)::
+
+    m   = max_j x_j
+    t_j = rshift_round((x_j - m) * M, s)      <= 0, units of 2^-F in log2 (M*2^-s ~ scale*log2(e)*2^F)
+    u_j = -t_j ;  n_j = u_j >> F ;  f_j = u_j & (2^F - 1)
+    e_j = rshift_round(LUT[f_j], min(n_j, 62))            LUT[f] = round_half_even(2^(E - f/2^F))
+    S   = sum_j e_j                               >= 2^E (the max element gives LUT[0] = 2^E)
+    P_j = round_div(e_j * 2^P, S)                 in [0, 2^P]  (Q0.P probability, uint32)
+
+The LUT is a pure function of (F, E) built once in float64 by :func:`exp2_lut` and verified
+exactly (big-integer comparison) wherever the float64 value lies close to a rounding tie, so the
+integer table is the correctly rounded one on every platform.  Error bound: ``docs/ops/softmax.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .rounding import check_shift, mode_id, round_div, round_div_ref, rounding_rshift, rounding_rshift_ref
+
+__all__ = [
+    "MAX_LUT_BITS",
+    "MAX_LUT_INDEX_BITS",
+    "MAX_OUT_BITS",
+    "exp2_lut",
+    "softmax",
+    "softmax_ref",
+]
+
+MAX_LUT_INDEX_BITS = 12
+MAX_LUT_BITS = 30
+MAX_OUT_BITS = 31
+_I32_MIN = -(1 << 31)
+_I32_MAX = (1 << 31) - 1
+
+
+def _exact_round_exp2(e: int, f: int, fb: int, guess: int) -> int:
+    """round_half_even(2^(e - f/2^fb)) decided exactly, starting from a float guess of the floor.
+
+    y = 2^(e - f/2^fb) satisfies y^(2^fb) = 2^(e*2^fb - f).  For an integer v >= 0,
+    y >= v  <=>  2^(e*2^fb - f) >= v^(2^fb);  y > v + 1/2  <=>  2^((e+1)*2^fb - f) > (2v+1)^(2^fb).
+    For f != 0, y is irrational, so no exact tie exists.
+    """
+    k = 1 << fb
+    big = 1 << (e * k - f)
+    v = max(guess, 0)
+    while v > 0 and v**k > big:  # make v = floor(y)
+        v -= 1
+    while (v + 1) ** k <= big:
+        v += 1
+    big2 = 1 << ((e + 1) * k - f)
+    return v + 1 if (2 * v + 1) ** k < big2 else v
+
+
+@functools.lru_cache(maxsize=64)
+def _exp2_lut_cached(frac_bits: int, lut_bits: int) -> tuple[int, ...]:
+    k = 1 << frac_bits
+    vals = []
+    for f in range(k):
+        y = math.ldexp(math.pow(2.0, -f / k), lut_bits)  # -f/k is exact (dyadic); pow: < 1 ulp
+        r = round(y)  # Python round: half to even
+        # y is within 2 ulp (<= y * 2^-52) of the true value; closer than y * 2^-48 to a tie: decide exactly
+        if f != 0 and abs((y - math.floor(y)) - 0.5) <= y * 2.0**-48:
+            r = _exact_round_exp2(lut_bits, f, frac_bits, math.floor(y))
+        vals.append(int(r))
+    return tuple(vals)
+
+
+def exp2_lut(frac_bits: int, lut_bits: int) -> np.ndarray:
+    """The exp2 table: ``LUT[f] = round_half_even(2^(-f/2^F) * 2^E)`` for ``f = 0 .. 2^F - 1``.
+
+    A pure function of the two integers; computed in float64 once (cached), entries near a
+    rounding tie are decided exactly with big integers.  ``LUT[0] = 2^E``, entries decrease and
+    lie in ``(2^(E-1), 2^E]``.
+
+    Args:
+        frac_bits: F, index bits (0..12); the table has 2^F entries.
+        lut_bits: E, fraction bits of the entries (1..30).
+
+    Returns:
+        int64 array of length ``2^F`` (a fresh copy).
+
+    Raises:
+        ValueError: F or E out of range.
+    """
+    f, e = int(frac_bits), int(lut_bits)
+    if not 0 <= f <= MAX_LUT_INDEX_BITS:
+        raise ValueError(f"exp2_lut: frac_bits={f} outside [0, {MAX_LUT_INDEX_BITS}]")
+    if not 1 <= e <= MAX_LUT_BITS:
+        raise ValueError(f"exp2_lut: lut_bits={e} outside [1, {MAX_LUT_BITS}]")
+    return np.array(_exp2_lut_cached(f, e), dtype=np.int64)
+
+
+def _check_attrs(x, multiplier, shift, frac_bits, lut_bits, out_bits, op):
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{op}: x must be an integer array, got dtype {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{op}: x must have at least one axis")
+    a = a.astype(np.int64)
+    if a.size and (int(a.min()) < _I32_MIN or int(a.max()) > _I32_MAX):
+        raise OverflowError(f"{op}: input outside int32 (min {int(a.min())}, max {int(a.max())})")
+    if a.shape[-1] == 0:
+        raise ValueError(f"{op}: empty softmax axis")
+    m = int(multiplier)
+    if not 0 <= m < (1 << 31):
+        raise ValueError(f"{op}: multiplier={m} outside [0, 2^31)")
+    s = int(check_shift(shift, f"{op}: shift"))
+    f, e, p = int(frac_bits), int(lut_bits), int(out_bits)
+    if not 0 <= f <= MAX_LUT_INDEX_BITS:
+        raise ValueError(f"{op}: frac_bits={f} outside [0, {MAX_LUT_INDEX_BITS}]")
+    if not 1 <= e <= MAX_LUT_BITS:
+        raise ValueError(f"{op}: lut_bits={e} outside [1, {MAX_LUT_BITS}]")
+    if not 1 <= p <= MAX_OUT_BITS:
+        raise ValueError(f"{op}: out_bits={p} outside [1, {MAX_OUT_BITS}]")
+    # S <= N * 2^E and e_j * 2^P <= 2^(E+P) must fit int64
+    n = a.shape[-1]
+    if e + p > 62 or n * (1 << e) >= (1 << 63):
+        raise ValueError(f"{op}: lut_bits + out_bits = {e + p} > 62 (or N * 2^E overflows int64)")
+    return a, m, s, f, e, p
+
+
+def softmax_ref(
+    x: np.ndarray,
+    multiplier: int,
+    shift: int,
+    frac_bits: int,
+    lut_bits: int,
+    out_bits: int,
+    rounding: str | int,
+) -> np.ndarray:
+    """Reference integer softmax over the last axis.
+
+    Args:
+        x: int32 ``[..., N]`` logits (accumulators).
+        multiplier: M in ``[0, 2^31)``; ``M * 2^-shift ~ real_scale * log2(e) * 2^F``.
+        shift: s in ``[0, 62]``.
+        frac_bits: F, exp2 LUT index bits (0..12).
+        lut_bits: E, LUT fraction bits (1..30).
+        out_bits: P, output fraction bits (1..31); ``E + P <= 62``.
+        rounding: rounding mode of all three rounding steps.
+
+    Returns:
+        uint32 ``[..., N]`` Q0.P probabilities in ``[0, 2^P]``.
+
+    Raises:
+        ValueError: bad attribute; OverflowError: input outside int32.
+    """
+    op = "softmax"
+    mid = mode_id(rounding)
+    a, m, s, f, e, p = _check_attrs(x, multiplier, shift, frac_bits, lut_bits, out_bits, op)
+    lut = exp2_lut(f, e)
+    diff = a - a.max(axis=-1, keepdims=True)  # in [-(2^32 - 1), 0]
+    t = rounding_rshift_ref(diff * np.int64(m), s, mid)  # |diff*M| < 2^63; t <= 0
+    u = -t
+    n = u >> f
+    fr = u & ((1 << f) - 1)
+    ex = rounding_rshift_ref(lut[fr], np.minimum(n, 62), mid)  # in [0, 2^E]
+    tot = ex.sum(axis=-1, keepdims=True)  # in [2^E, N * 2^E]
+    prob = round_div_ref(ex * np.int64(1 << p), tot, mid)  # in [0, 2^P]
+    return prob.astype(np.uint32)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_rows(
+    x: np.ndarray, m: int, s: int, f: int, p: int, lut: np.ndarray, mid: int, out: np.ndarray
+) -> None:
+    rows, n = x.shape
+    mask = (np.int64(1) << f) - 1
+    for i in prange(rows):
+        xr = x[i]
+        mx = xr[0]
+        for j in range(1, n):
+            mx = max(mx, xr[j])
+        ex = np.empty(n, dtype=np.int64)
+        tot = np.int64(0)
+        for j in range(n):
+            t = rounding_rshift((xr[j] - mx) * m, s, mid)  # (x-m) in [-(2^32-1), 0], M < 2^31
+            u = -t
+            nsh = u >> f
+            nsh = min(nsh, 62)
+            e = rounding_rshift(lut[u & mask], nsh, mid)
+            ex[j] = e
+            tot += e
+        for j in range(n):
+            out[i, j] = np.uint32(round_div(ex[j] << p, tot, mid))  # in [0, 2^P], P <= 31
+
+
+def softmax(
+    x: np.ndarray,
+    multiplier: int,
+    shift: int,
+    frac_bits: int,
+    lut_bits: int,
+    out_bits: int,
+    rounding: str | int,
+) -> np.ndarray:
+    """Numba integer softmax (bit-identical to :func:`softmax_ref`).
+
+    Args:
+        x: int32 ``[..., N]``.
+        multiplier: M in ``[0, 2^31)``.
+        shift: s in ``[0, 62]``.
+        frac_bits: F (0..12).
+        lut_bits: E (1..30).
+        out_bits: P (1..31), ``E + P <= 62``.
+        rounding: rounding mode.
+
+    Returns:
+        uint32 ``[..., N]`` in ``[0, 2^P]``.
+    """
+    op = "softmax"
+    mid = mode_id(rounding)
+    a, m, s, f, e, p = _check_attrs(x, multiplier, shift, frac_bits, lut_bits, out_bits, op)
+    lut = exp2_lut(f, e)
+    shape = a.shape
+    a2 = np.ascontiguousarray(a.reshape(-1, shape[-1]))
+    out = np.empty(a2.shape, dtype=np.uint32)
+    _softmax_rows(a2, m, s, f, p, lut, mid, out)
+    return out.reshape(shape)
