@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 DEMO_OUT = Path("runs/demo")
+PLUGIN_COMMANDS = ("repq_hw.golden.command", "repq_hw.cost.command")
 
 
 def _bits(s: str) -> int:
@@ -242,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list supported model names")
     m.set_defaults(func=cmd_models)
+
+    # subcommands owned by other packages: each module exposes register(subparsers)
+    import importlib
+
+    for mod in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.register(sub)
 
     d = sub.add_parser("demo", help="the main job on the bundled default model")
     d.add_argument("--out", default=str(DEMO_OUT))
