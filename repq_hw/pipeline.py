@@ -197,3 +197,14 @@ def host_input_codes(g, images: np.ndarray) -> np.ndarray:
     x = np.asarray(images, dtype=np.float32) / np.float32(info.scale)
     codes = np.clip(np.round(x) + info.zero_point, t.min, t.max)
     return codes.astype(t.storage)
+
+
+def calibrated_and_lowered(model_name: str, cfg: QuantConfig, checkpoint: str | None = None,
+                           data: str | None = None, calib_size: int = 32, seed: int = 0, lcfg=None,
+                           progress: bool = False):
+    """(float model, calibrated model, graph, calibration images) in one call, for a supported ViT/DeiT."""
+    model = create_model(model_name, checkpoint=checkpoint)
+    calib = calibration_images(model, model_name, data, calib_size, seed)
+    q = calibrate_model(model, calib, cfg, progress).model
+    g = lower_calibrated(q, cfg, model_name, calib, lcfg)
+    return model, q, g, calib
