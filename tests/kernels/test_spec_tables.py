@@ -33,6 +33,8 @@ REQUIRED_PAGES = {
     "lut",
 }
 EXCEPTIONS = {"ValueError": ValueError, "OverflowError": OverflowError}
+# ops implemented by the executor itself; their tables run in tests/emu/test_spec_tables_executor.py
+EXECUTOR_PAGES = {"add", "data_movement"}
 
 # ---------------------------------------------------------------------------------------------------
 # parsing
@@ -207,7 +209,7 @@ RUNNERS: dict[tuple[str, frozenset], list[tuple[str, Callable[..., Any]]]] = {
 
 
 def _pages() -> list[Path]:
-    return sorted(DOCS.glob("*.md"))
+    return sorted(p for p in DOCS.glob("*.md") if p.stem not in EXECUTOR_PAGES)
 
 
 def test_required_pages_exist():
