@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from repq_hw.models.registry import create_model
+from repq_hw.models.registry import TIMM_MODELS, create_model
 from repq_hw.quant.model import (
     QuantConfig,
     UnsupportedModelError,
@@ -199,3 +199,22 @@ def test_save_load_round_trip(tmp_path, name):
 def test_load_calibrated_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="quant.json"):
         load_calibrated(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_full_size_timm_models_quantize(name):
+    """Every paper model (random weights): quantization off reproduces timm before and after
+    reparameterization, and W4A4 calibration yields finite outputs."""
+    torch.manual_seed(0)
+    fmodel = create_model(name)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = fmodel(x)
+        q = quantize_model(copy.deepcopy(fmodel), QuantConfig())
+        set_quant_state(q, False)
+        assert (q(x) - ref).abs().max() < 1e-5
+        calibrate(q, x, QuantConfig(), progress=False)
+        assert torch.isfinite(q(x)).all()
+        set_quant_state(q, False)
+        assert (q(x) - ref).abs().max() < 1e-5
