@@ -1,0 +1,1 @@
+"""Input data for calibration and evaluation (bundled real data sets and loaders)."""
