@@ -1,0 +1,199 @@
+"""The fast backend's prepared plan (emu/fast.py, kernels/fast_ops.py, kernels/gemm_vnni.py) equals the
+numpy reference on every tensor, with the fast paths on, forced onto each GEMM path, and switched off."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+from repq_hw.emu import fast
+from repq_hw.emu.execute import run_graph
+from repq_hw.fidelity import input_codes
+from repq_hw.kernels import fast_ops as F
+from repq_hw.kernels import gemm_vnni as G
+from repq_hw.kernels.attn_v_shift import attn_v_shift_ref
+from repq_hw.kernels.layernorm import layernorm_requant_ref
+from repq_hw.kernels.log2_code import log2_code_ref, log2_thresholds
+from repq_hw.kernels.lut import lut_lookup_ref
+from repq_hw.kernels.rounding import ROUNDING_MODES, requantize_ref
+from repq_hw.kernels.softmax import softmax_ref
+from tests.conftest import lowered
+
+
+def assert_all_equal(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert np.array_equal(a[k], b[k]), f"tensor {k} differs"
+
+
+def codes_for(name, bits, n=5, seed=0):
+    q, g, _ = lowered(name, bits)
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return g, input_codes(q, x)
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_deit"])
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_fast_plan_equals_reference_on_every_tensor(name, bits):
+    g, codes = codes_for(name, bits, seed=bits)
+    ref = run_graph(g, codes, "ref", keep_all=True)
+    assert_all_equal(ref, run_graph(g, codes, "fast", keep_all=True))
+    out = run_graph(g, codes, "fast")
+    assert out.keys() == set(g.outputs)
+    for k in g.outputs:
+        assert np.array_equal(out[k], ref[k])
+
+
+@pytest.mark.parametrize("path", G.PATHS)
+def test_every_forced_gemm_path_equals_reference(path):
+    g, codes = codes_for("test_deit", 8, seed=11)
+    ref = run_graph(g, codes, "ref", keep_all=True)
+    with G.force_path(path):
+        plan = fast.prepare(g)
+        assert set(plan.gemm_paths().values()) <= {path}
+        assert_all_equal(ref, run_graph(g, codes, "fast", keep_all=True))
+    assert fast.prepare(g).key[0] is None  # the forced path is part of the plan's key: rebuilt after
+
+
+def test_fast_paths_switched_off_equal_reference():
+    g, codes = codes_for("test_vit", 4, seed=3)
+    ref = run_graph(g, codes, "ref", keep_all=True)
+    old = fast.ENABLED
+    try:
+        fast.ENABLED = False
+        assert_all_equal(ref, run_graph(g, codes, "fast", keep_all=True))
+    finally:
+        fast.ENABLED = old
+
+
+def test_extreme_input_codes():
+    g, _ = codes_for("test_deit", 8)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    codes[0] = 0
+    codes[1] = 255
+    assert_all_equal(run_graph(g, codes, "ref", keep_all=True), run_graph(g, codes, "fast", keep_all=True))
+
+
+def test_thread_count_does_not_change_results(numba_threads):
+    g, codes = codes_for("test_deit", 6, n=7, seed=2)
+    numba_threads(1)
+    one = run_graph(g, codes, "fast", keep_all=True)
+    numba_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    two = run_graph(g, codes, "fast", keep_all=True)
+    assert_all_equal(one, two)
+
+
+def test_plan_is_cached_and_follows_constant_replacement():
+    g, codes = codes_for("test_vit", 8, seed=4)
+    p1 = fast.prepare(g)
+    assert fast.prepare(g) is p1
+    assert p1.packed_bytes > 0 and p1.gemm_paths()
+    node = next(n for n in g.nodes if n.op.value == "gemm")
+    name = node.consts["bias"]
+    old = g.constants[name]
+    try:
+        g.constants[name] = (old.astype(np.int64) + 7).astype(old.dtype)
+        assert fast.prepare(g) is not p1  # replaced array: repacked
+        assert_all_equal(run_graph(g, codes, "ref", keep_all=True), run_graph(g, codes, "fast", keep_all=True))
+    finally:
+        g.constants[name] = old
+
+
+def test_progress_and_outputs_unchanged():
+    g, codes = codes_for("test_vit", 6)
+    seen = []
+    run_graph(g, codes, "fast", progress=lambda n: seen.append(n.name))
+    assert seen == [n.name for n in g.nodes]
+
+
+# --- fast_ops kernels against their references on random and edge inputs -------------------------
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_requant_fast(mode):
+    rng = np.random.default_rng(ROUNDING_MODES.index(mode))
+    c = 37
+    acc = rng.integers(-(1 << 31), 1 << 31, (23, c)).astype(np.int32)
+    acc[0] = -(1 << 31)
+    acc[1] = (1 << 31) - 1
+    acc[2] = 0
+    mult = rng.integers(-(1 << 31) + 1, 1 << 31, c)
+    shift = rng.integers(0, 63, c)
+    shift[:4] = [0, 1, 62, 31]
+    off = rng.integers(-(1 << 60), 1 << 60, c)
+    for lo, hi, zp, dt in ((0, 255, 7, np.uint8), (-32768, 32767, -5, np.int16), (-(1 << 31), (1 << 31) - 1, 0, np.int32)):
+        rc = F.RequantConsts.make(c, mult, shift, off, zp, lo, hi, mode)
+        assert np.array_equal(F.requant_fast(acc, rc, dt), requantize_ref(acc, mult, shift, off, zp, lo, hi, mode, dt))
+    # ties: small shifts over every residue
+    x = np.arange(-64, 65, dtype=np.int32)[:, None].repeat(3, 1)
+    rc = F.RequantConsts.make(3, [1, 1, 1], [1, 2, 3], [0, 0, 0], 0, -100, 100, mode)
+    assert np.array_equal(F.requant_fast(x, rc, np.int32), requantize_ref(x, 1, [1, 2, 3], 0, 0, -100, 100, mode))
+    assert F.RequantConsts.make(2, [1, 1], [0, 0], [1 << 62, 0], 0, 0, 1, mode) is None  # unproven: fallback
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_softmax_fast(mode):
+    rng = np.random.default_rng(1)
+    x = rng.integers(-(1 << 20), 1 << 20, (3, 5, 41)).astype(np.int32)
+    x[0, 0] = 0
+    x[0, 1, :] = 12345  # a constant row: exact ties in the division
+    x[1, 0, 0] = (1 << 31) - 1
+    x[1, 0, 1] = -(1 << 31)
+    for m, s, fb, e, p in ((1 << 30, 35, 10, 22, 16), (123456789, 20, 8, 30, 22), (5, 0, 0, 1, 1)):
+        r = softmax_ref(x, m, s, fb, e, p, mode)
+        assert np.array_equal(F.softmax_fast(x, m, s, fb, e, p, mode), r), (m, s, fb, e, p)
+    assert F.softmax_fast(x, 1, 1, 4, 30, 31, mode) is None  # E + P > 52: fallback
+
+
+def test_log2_code_table_is_the_reference():
+    t = log2_thresholds(0.37, 4, 16, 15)
+    table = F.log2_code_table(t, 4, 17)
+    p = np.random.default_rng(2).integers(0, 1 << 17, 5000).astype(np.uint32)
+    assert np.array_equal(F.table_lookup(p, table, np.uint8), log2_code_ref(p, t, 4))
+    assert F.table_lookup(np.array([1 << 17], np.uint32), table, np.uint8) is None
+
+
+def test_lookup_fast_and_sat_add():
+    table = np.arange(-8, 120)
+    x = np.random.default_rng(3).integers(-10, 118, (4, 9)).astype(np.int16)
+    assert np.array_equal(F.lookup_fast(x, table, -10, np.int8), lut_lookup_ref(x, table, -10).astype(np.int8))
+    assert F.lookup_fast(np.array([200], np.int16), table, -10, np.int8) is None
+    a = np.array([32767, -32768, 5, -7], np.int16)
+    b = np.array([1, -1, 6, 3], np.int16)
+    assert np.array_equal(F.sat_add(a, b, -32768, 32767, np.int16), np.array([32767, -32768, 11, -4], np.int16))
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_layernorm_requant_fast(mode):
+    rng = np.random.default_rng(4)
+    c = 48
+    x = rng.integers(-30000, 30000, (17, c)).astype(np.int16)
+    x[0] = 5  # constant row (sigma from eps only)
+    x[1, :] = 0
+    mult = rng.integers(-(1 << 30), 1 << 30, c)
+    shift = rng.integers(10, 40, c)
+    off = rng.integers(-(1 << 40), 1 << 40, c)
+    for eps in (0, 12345):
+        rc = F.RequantConsts.make(c, mult, shift, off, 3, 0, 255, mode)
+        got = F.layernorm_requant_fast(x, eps, 16, rc, np.uint8)
+        exp = layernorm_requant_ref(x, eps, 16, mult, shift, off, 3, 0, 255, mode)  # eps 0: a sigma-0 row
+        assert got is not None and np.array_equal(got, exp.astype(np.uint8)), eps
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_attn_v_fast(mode):
+    rng = np.random.default_rng(5)
+    for bits, f, vz in ((4, 8, 7), (8, 12, 128), (8, 12, 0)):
+        z = (1 << bits) - 1
+        ncodes = min(z, 24)
+        c = rng.integers(0, ncodes, (3, 13, 21)).astype(np.uint8)
+        c[:, :, :3] = z  # zero state
+        v = rng.integers(0, 256 if bits == 8 else 16, (3, 21, 20)).astype(np.uint8)
+        r = attn_v_shift_ref(c, v, vz, bits, f, 15, mode)
+        assert np.array_equal(F.attn_v_fast(c, v, vz, bits, f, 15, mode), r), (bits, f, vz)
+    with pytest.raises(ValueError, match="would be truncated"):
+        F.attn_v_fast(np.full((1, 1, 1), 20, np.uint8), np.zeros((1, 1, 1), np.uint8), 0, 8, 2, 15, mode)
