@@ -1,0 +1,197 @@
+"""``repq-hw golden``: write, verify and replay golden-vector sets (registered by ``repq_hw.cli``).
+
+    repq-hw golden --model vit_digits --bits 4 --images 2 --out golden_vectors/vit_digits.w4a4.seed0
+    repq-hw golden --ir runs/ir --inputs codes.npy --out gs/                 # numpy only
+    repq-hw golden verify DIR
+    repq-hw golden replay DIR [--op NAME ...]                                # Icarus Verilog
+    repq-hw golden committed [--check] [--from-ir golden_vectors]            # the committed sample sets
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "golden", help="golden vectors for RTL verification: write a set, verify it, replay it on the RTL",
+        allow_abbrev=False,
+        description="Write a golden-vector set: for every selected op of the integer IR, in execution order, "
+                    "its input and output tensors and its integer constants (.npy/.hex/.bin, .coe/.mif for "
+                    "constant ROMs), the IR itself and a manifest. Format: docs/golden_format.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="actions:\n  repq-hw golden verify DIR\n  repq-hw golden replay DIR [--op NAME]\n"
+               "  repq-hw golden committed [--check]")
+    src = p.add_argument_group("IR source (--ir, or --model to calibrate and lower)")
+    src.add_argument("--ir", help="an IR directory (graph.json + constants.npz): numpy only")
+    src.add_argument("--model", help="calibrate + lower this model (torch), e.g. vit_digits")
+    src.add_argument("--bits", type=int, help="W and A bits (e.g. 4 for W4A4)")
+    src.add_argument("--w-bits", type=int)
+    src.add_argument("--a-bits", type=int)
+    src.add_argument("--seed", type=int, help="calibration seed (recorded; default 0 with --model)")
+    src.add_argument("--calib-size", type=int, default=32)
+    src.add_argument("--checkpoint", help="weights for --model")
+    inp = p.add_argument_group("inputs (default: the first 2 digits test images)")
+    inp.add_argument("--images", type=int, help="the first N digits test images")
+    inp.add_argument("--image-ids", type=_ints, help="digits test image indices, e.g. 0,5,7")
+    inp.add_argument("--inputs", help=".npy of graph input codes [B, ...] (integer; numpy only) or float images")
+    sel = p.add_argument_group("layer selection (default: every op)")
+    sel.add_argument("--ops", action="append", default=[], metavar="GLOB",
+                     help="node-name glob, repeatable or comma-separated (e.g. 'blocks.0.*')")
+    sel.add_argument("--op-type", action="append", default=[], metavar="TYPE",
+                     help="op type, repeatable or comma-separated (e.g. softmax,gemm)")
+    sel.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="node-name glob to drop")
+    fm = p.add_argument_group("formats")
+    fm.add_argument("--formats", type=_csv, default=("npy", "hex", "bin"), help="tensor formats (npy,hex,bin)")
+    fm.add_argument("--const-formats", type=_csv, default=("npy", "hex", "coe", "mif"),
+                    help="constant formats (npy,hex,bin,coe,mif)")
+    fm.add_argument("--lanes", type=int, default=1, help="elements per .hex line (lane 0 = least significant)")
+    fm.add_argument("--rom-max-words", type=int, help="write .coe/.mif only for constants of at most N words")
+    p.add_argument("--out", help="output directory (e.g. golden_vectors/<model>.<wXaY>.seed<seed>)")
+    p.add_argument("--force", action="store_true", help="replace an existing golden set")
+    p.add_argument("--backend", choices=("fast", "ref"), default="fast")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_golden)
+
+    act = p.add_subparsers(dest="golden_action", metavar="{verify,replay,committed}")
+    v = act.add_parser("verify", help="re-execute the stored IR, check every hash and every element")
+    v.add_argument("dir")
+    v.add_argument("--backend", choices=("fast", "ref"), default="fast")
+    v.set_defaults(func=cmd_verify)
+    r = act.add_parser("replay", help="replay ops of a set on the reference RTL with Icarus Verilog")
+    r.add_argument("dir")
+    r.add_argument("--op", action="append", default=[], help="op name (repeatable; default: every op with a unit)")
+    r.add_argument("--list", action="store_true", help="list the replayable ops and exit")
+    r.set_defaults(func=cmd_replay)
+    c = act.add_parser("committed", help="regenerate (or --check) the committed sample sets in golden_vectors/")
+    c.add_argument("--root", default=None, help="where the sets go (default: the repo's golden_vectors/)")
+    c.add_argument("--from-ir", help="rebuild from the IR + inputs stored in these sets (numpy only, no calibration)")
+    c.add_argument("--check", action="store_true",
+                   help="rebuild into a temporary folder from the sets' own IR and compare byte for byte")
+    c.add_argument("--force", action="store_true")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_committed)
+
+
+def _selection(a):
+    from repq_hw.golden.writer import Selection
+
+    def flat(xs):
+        return tuple(y for x in xs for y in _csv(x))
+
+    return Selection(ops=flat(a.ops), op_types=flat(a.op_type), exclude=flat(a.exclude))
+
+
+def cmd_golden(a) -> int:
+    from repq_hw.golden.model import replay_hint
+    from repq_hw.golden.writer import Formats, GoldenError, set_name, write_golden_set
+
+    if a.ir and a.model:
+        raise GoldenError("give either --ir or --model, not both")
+    if not a.ir and not a.model:
+        raise GoldenError("give --ir DIR (an existing IR) or --model NAME --bits B (calibrate and lower)")
+    sel = _selection(a)
+    fmts = Formats(tensors=a.formats, constants=a.const_formats, lanes=a.lanes, rom_max_words=a.rom_max_words)
+    if a.inputs and (a.images or a.image_ids):
+        raise GoldenError("give either --inputs or --images/--image-ids")
+    progress = not a.no_progress
+    if a.model:
+        w = a.w_bits or a.bits
+        x = a.a_bits or a.bits
+        if w is None or x is None:
+            raise GoldenError("--model needs --bits (or --w-bits and --a-bits)")
+        from repq_hw.golden.model import lower_model
+
+        seed = 0 if a.seed is None else a.seed
+        g = lower_model(a.model, w, x, seed, a.calib_size, a.checkpoint)
+        model = a.model
+    else:
+        from repq_hw.ir.graph import load_graph
+
+        g = load_graph(a.ir)
+        model, seed = g.meta.get("model"), a.seed
+    out = Path(a.out) if a.out else Path(set_name(model or "model", g, seed))
+    if a.inputs:
+        import numpy as np
+
+        from repq_hw.golden.formats import sha256_bytes
+
+        raw = Path(a.inputs).read_bytes()
+        x = np.load(a.inputs, allow_pickle=False)
+        if x.dtype.kind not in "iu":
+            from repq_hw.pipeline import host_input_codes  # float images: host preprocessing (torch side)
+
+            x = host_input_codes(g, x)
+        ids = [f"npy:{sha256_bytes(raw)[:16]}:{i}" for i in range(len(x))]
+        source = f"npy file {Path(a.inputs).name}"
+    else:
+        from repq_hw.golden.model import digits_inputs
+
+        x, ids = digits_inputs(g, a.images if a.images is not None else 2, a.image_ids)
+        source = "digits test split (repq_hw.data.digits), host-quantized"
+    p = write_golden_set(g, x, out, input_ids=ids, model=model, seed=seed, selection=sel, formats=fmts,
+                         force=a.force, backend=a.backend, progress=progress, input_source=source)
+    print(f"golden set written to {p}/")
+    print(replay_hint(p))
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from repq_hw.golden.verify import verify_golden_set
+
+    rep = verify_golden_set(a.dir, backend=a.backend)
+    print(rep.text())
+    return 0 if rep.ok else 1
+
+
+def cmd_replay(a) -> int:
+    from repq_hw.golden.rtl import have_icarus, replay, replayable_ops
+
+    ops = a.op or replayable_ops(a.dir)
+    if a.list:
+        print("\n".join(replayable_ops(a.dir)))
+        return 0
+    if not have_icarus():
+        print("repq-hw: error: Icarus Verilog (iverilog, vvp) is not installed", file=sys.stderr)
+        return 2
+    bad = 0
+    for op in ops:
+        r = replay(a.dir, op)
+        print(r.line(), flush=True)
+        if not r.ok:
+            bad += 1
+            print("\n".join("    " + ln for ln in r.output.strip().splitlines()[-15:]))
+    return 1 if bad else 0
+
+
+def cmd_committed(a) -> int:
+    from repq_hw.golden.model import GOLDEN_ROOT, check_committed, regenerate_committed
+
+    root = Path(a.root) if a.root else GOLDEN_ROOT
+    if a.check:
+        diffs = check_committed(root, progress=not a.no_progress)
+        if diffs:
+            print(f"committed golden sets differ from a regeneration ({len(diffs)} difference(s)):")
+            for d in diffs[:20]:
+                print(f"  {d}")
+            return 1
+        print(f"committed golden sets in {root} are byte-identical to a regeneration from their IR")
+        return 0
+    paths = regenerate_committed(root, from_ir=a.from_ir, force=a.force, progress=not a.no_progress)
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"hashes: {root / 'SHA256SUMS'}")
+    return 0
