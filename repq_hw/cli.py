@@ -192,7 +192,11 @@ def cmd_demo(a) -> int:
     print(rep.table())
     plot_sqnr([rep], out / "sqnr.png", f"{DEFAULT_MODEL}: per-layer SQNR, integer emulator vs fake-quant")
     print(f"per-layer SQNR plot: {out / 'sqnr.png'}")
-    print(f"replay: .venv/bin/repq-hw run --ir {out / 'ir'}")
+    print(f"replay the integer model: .venv/bin/repq-hw run --ir {out / 'ir'}")
+    from repq_hw.golden import set_name, write_demo_golden
+
+    print("\n== golden vectors for RTL verification ==")
+    write_demo_golden(g, out / "golden" / set_name(DEFAULT_MODEL, g, 0))
     return 0
 
 
