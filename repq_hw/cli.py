@@ -193,6 +193,13 @@ def cmd_demo(a) -> int:
     plot_sqnr([rep], out / "sqnr.png", f"{DEFAULT_MODEL}: per-layer SQNR, integer emulator vs fake-quant")
     print(f"per-layer SQNR plot: {out / 'sqnr.png'}")
     print(f"replay the integer model: .venv/bin/repq-hw run --ir {out / 'ir'}")
+    from repq_hw.cost import cost_summary
+
+    print(f"\n== hardware cost (analytical estimate) -> {out / 'cost'}/")
+    cost_summary({cfg.label: g}, out / "cost", model=DEFAULT_MODEL,
+                 accuracy={"fp32": rep.rows[0].top1, cfg.label: rep.rows[-1].top1},
+                 accuracy_source=f"top-1 on {len(xs)} digits test images: fp32 = float model, "
+                                 f"{cfg.label} = integer emulator")
     from repq_hw.golden import set_name, write_demo_golden
 
     print("\n== golden vectors for RTL verification ==")
