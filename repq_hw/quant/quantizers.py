@@ -92,8 +92,9 @@ def uniform_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch
     scores = []
     for j in range(len(PERCENTILES)):
         d, z = deltas[:, j : j + 1], zps[:, j : j + 1]
-        xq = (torch.clamp(torch.round(rows / d) + z, 0, levels) - z) * d
-        scores.append((rows - xq).pow(2).mean(dim=1))
+        # fake-quant then squared error, in place: one buffer instead of one per step (same arithmetic)
+        err = rows.div(d).round_().add_(z).clamp_(0, levels).sub_(z).mul_(d)
+        scores.append(err.sub_(rows).square_().mean(dim=1))
     best = torch.stack(scores, dim=1).argmin(dim=1)  # first minimum, as a strict "<" scan
     idx = torch.arange(rows.shape[0])
     return deltas[idx, best], zps[idx, best]
