@@ -7,7 +7,8 @@ Pipeline (as ``classification/test_quant.py`` of the reference code):
      calibrates on the first data it sees, so later layers see already-quantized inputs;
   3. scale reparameterization LayerNorm -> next Linear (qkv, fc1, Swin's patch-merging reduction), and the
      weight quantizers of those Linears are re-initialised;
-  4. re-calibration: a second forward, which re-calibrates exactly those weight quantizers.
+  4. re-calibration: the reference runs a second forward, which re-calibrates exactly those weight
+     quantizers; as they depend on their weights only, they are calibrated directly (same result).
 """
 
 from __future__ import annotations
@@ -220,13 +221,17 @@ def calibrate(model: nn.Module, images: torch.Tensor, cfg: QuantConfig, progress
                        and n.rpartition(".")[0].rpartition(".")[2] in CHANNEL_WISE_INPUTS)
     bar = tqdm(total=len(qs) + n_reinit, desc=f"calibrate {cfg.label} {cfg.method}", unit="q",
                disable=not progress, leave=False)
-    for _, q in qs:
+    for n, q in qs:
         q.on_init = lambda _q: bar.update(1)
+        q.name = n
     try:
         model(images)
         if cfg.reparam:
             reparameterize(model, cfg.zero_point)
-            model(images)
+            # The reference runs a second forward here, which re-calibrates only the weight quantizers
+            # that reparameterize() reset; they see nothing but their weight, so calibrate them directly.
+            for _, _, _, lin in reparam_pairs(model):
+                lin.weight_quantizer.calibrate(lin.weight)
     finally:
         for _, q in qs:
             q.on_init = None

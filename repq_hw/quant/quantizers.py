@@ -8,6 +8,7 @@ Two quantizers, as in the RepQ-ViT paper and its reference code (zkkli/RepQ-ViT,
 * :class:`LogSqrt2Quantizer` -- the post-Softmax log-sqrt(2) quantizer.
   ``raw = round(-2 * log2(x / delta))``; ``code = clamp(raw, 0, 2^b - 1)``;
   ``x_hat = delta * 2^(-code / 2)``, and ``x_hat = 0`` where ``raw >= 2^b`` (this includes x = 0).
+  x_hat is read from a float32 table of the 2^b levels (:func:`log_sqrt2_table`).
   That is 2^b + 1 states, exactly as the reference code. ``zero_state="b_bit"`` is the inference form
   used by the integer pipeline: the smallest level (code 2^b - 1) also becomes the zero state, so that
   the code fits b bits (see docs/ops/log2_code.md).
@@ -18,24 +19,52 @@ Calibration ("percentile search"): for each candidate percentile p in {0.999, 0.
 smallest mean squared error; ties keep the earlier candidate (the reference's strict ``<``). The
 log-sqrt(2) quantizer searches ``delta = quantile(x, p)`` the same way.
 
-Unlike the reference, the search is vectorised over channels: quantiles come from one ``topk`` per
-tail (only the top 0.1 % of each channel is ever needed), and the three candidates are scored for all
-channels at once. The quantile's fractional rank is computed in float64, so a value can differ from
-``torch.quantile`` (which computes the rank in float32) by float32 rounding of the interpolation weight.
+Unlike the reference, the search is vectorised over channels and never sorts a whole channel: the
+quantiles need only the top and bottom 0.1 % of each row (:func:`row_extremes`), and the candidates
+are scored for all channels at once. The quantile's fractional rank is computed in float64, so a value
+can differ from ``torch.quantile`` (which computes the rank in float32) by float32 rounding of the
+interpolation weight.
+
+float32 CPU data goes through the Numba kernels of ``fused.py`` (one pass per chunk instead of ~9 torch
+passes per candidate): they return the same extremes and uniform dequantized values bit for bit, round
+-2 log2 exactly where torch's float32 log2 may err by an ulp, and sum the squared errors in float64
+(torch: float32), so two candidates whose scores differ by float32 rounding may rank differently from
+the torch expressions. The torch expressions here remain the definition and run for every other dtype or
+device; the fake-quant forward of either quantizer computes the definition (the uniform one through a
+bit-identical Numba kernel).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from repq_hw.quant import fused
 
 PERCENTILES = (0.999, 0.9999, 0.99999)
 MIN_BITS, MAX_BITS = 2, 8
 # A channel whose calibration data is constant gets this smallest step instead of delta = 0
 # (the reference code would divide by zero and produce NaN).
 MIN_DELTA = 1e-8
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """float32 CPU tensors take the Numba kernels of fused.py; anything else the torch expressions."""
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def check_calibration_data(x: torch.Tensor, who: str, shape: tuple | None = None) -> None:
+    """Refuse calibration data holding NaN or inf, naming the quantizer (the searches assume finite data)."""
+    if _fusable(x) and x.is_contiguous():
+        bad = fused.count_nonfinite(x.detach().numpy())
+    else:
+        bad = int((~torch.isfinite(x)).sum().item())
+    if bad:
+        raise ValueError(f"quantizer {who or '(unnamed)'}: calibration data of shape {shape or tuple(x.shape)} holds "
+                         f"{bad} NaN/inf values; expected finite activations")
 
 
 def check_bits(n_bits: int, what: str = "n_bits") -> int:
@@ -45,25 +74,70 @@ def check_bits(n_bits: int, what: str = "n_bits") -> int:
     return n_bits
 
 
-def tail_quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool) -> torch.Tensor:
-    """Quantiles near one tail of each row, with torch.quantile's linear interpolation.
+# A single row longer than this is not handed to one big ``topk``: a threshold taken from a strided
+# sample first discards the bulk of the row (see :func:`row_extremes`).
+FILTER_MIN_ELEMENTS = 1 << 17
+FILTER_SAMPLE = 1 << 16
 
-    Args:
-        rows: [C, n] float tensor; every row is one channel's calibration data.
-        probs: quantile levels, all >= 0.99 (upper=True) or all <= 0.01 (upper=False).
-        upper: which tail the levels lie in.
 
-    Returns:
-        [C, len(probs)] tensor of quantiles.
+def _sample_stride(n: int) -> int:
+    """A stride giving ~FILTER_SAMPLE samples, odd and not a multiple of 3, so that it does not alias
+    with the channel counts (multiples of 2 and 3) of a flattened [tokens, channels] activation."""
+    s = max(1, n // FILTER_SAMPLE)
+    while s % 2 == 0 or s % 3 == 0:
+        s += 1
+    return s
+
+
+def _long_row_extremes(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Threshold filter for one long finite float32 row: thresholds read off a strided sample leave
+    ~2k elements beyond each; if at least k lie beyond both, the k extremes of the row are exactly the
+    k extremes of those (the k-th extreme then lies beyond the threshold too). None if not."""
+    n = flat.shape[0]
+    sample = flat[:: _sample_stride(n)]
+    m = sample.shape[0]
+    j = min(m, 2 * math.ceil(k * m / n) + 16)
+    t_hi = np.partition(sample, m - j)[m - j]  # the j-th largest sample
+    t_lo = np.partition(sample, j - 1)[j - 1]  # the j-th smallest sample
+    hi, lo = fused.beyond_thresholds(flat, t_hi, t_lo)
+    if hi.shape[0] < k or lo.shape[0] < k:
+        return None
+    return np.sort(hi)[::-1][:k], np.sort(lo)[:k]
+
+
+def row_extremes(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest (descending) and k smallest (ascending) values of each row of rows [C, n]:
+    exactly ``topk(rows, k, dim=1, largest=True/False).values``. Rows must be finite.
+
+    float32 CPU rows take Numba paths (a threshold filter for one long row, insertion buffers for small
+    k); the values are copied, never computed, so every path returns the same numbers as topk.
     """
-    n = rows.shape[1]
-    ranks = [p * (n - 1) for p in probs]  # float64 fractional ranks into the ascending sort
-    # distance of the needed sorted positions from the tail, + 2 for the interpolation neighbour
+    C, n = rows.shape
+    if _fusable(rows):
+        a = rows.contiguous().numpy()
+        if C == 1 and n >= FILTER_MIN_ELEMENTS and 16 * k <= n:
+            got = _long_row_extremes(a[0], k)
+            if got is not None:
+                return torch.from_numpy(got[0].copy())[None], torch.from_numpy(got[1].copy())[None]
+        if k <= fused.SMALL_K:
+            up, lo = fused.row_tails(a, k)
+            return torch.from_numpy(up), torch.from_numpy(lo)
+    return (torch.topk(rows, k, dim=1, largest=True, sorted=True).values,
+            torch.topk(rows, k, dim=1, largest=False, sorted=True).values)
+
+
+def _tail_depth(n: int, probs: tuple[float, ...], upper: bool) -> int:
+    """How many extremes the quantiles at probs need (+2 for the interpolation neighbour)."""
+    ranks = [p * (n - 1) for p in probs]
     depth = [(n - 1 - math.floor(r)) if upper else math.ceil(r) for r in ranks]
-    k = min(n, max(depth) + 2)
-    tail = torch.topk(rows, k, dim=1, largest=upper, sorted=True).values  # tail[:, j] = j-th extreme
+    return min(n, max(depth) + 2)
+
+
+def _interpolate(tail: torch.Tensor, n: int, probs: tuple[float, ...], upper: bool) -> torch.Tensor:
+    """torch.quantile's linear interpolation from the sorted extremes of each row."""
     out = []
-    for r in ranks:
+    for p in probs:
+        r = p * (n - 1)  # float64 fractional rank into the ascending sort
         lo, hi = math.floor(r), min(math.floor(r) + 1, n - 1)
         if upper:  # ascending position i is tail index n-1-i
             v_lo, v_hi = tail[:, n - 1 - lo], tail[:, n - 1 - hi]
@@ -73,11 +147,63 @@ def tail_quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool) ->
     return torch.stack(out, dim=1)
 
 
+def percentile_bounds(rows: torch.Tensor, probs: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(quantile(rows, p), quantile(rows, 1 - p)) for each p in probs (all >= 0.99), per row: [C, P] each.
+
+    Quantiles use torch.quantile's linear interpolation, but the fractional rank is computed in float64
+    (torch uses float32), so the interpolation weight can differ by float32 rounding. Rows must be finite.
+    """
+    n = rows.shape[1]
+    lows = tuple(1.0 - p for p in probs)
+    k = max(_tail_depth(n, probs, True), _tail_depth(n, lows, False))
+    up, lo = row_extremes(rows, k)
+    return _interpolate(up, n, probs, True), _interpolate(lo, n, lows, False)
+
+
+def tail_quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool) -> torch.Tensor:
+    """Quantiles near one tail of each row (see :func:`percentile_bounds`).
+
+    Args:
+        rows: [C, n] finite float tensor; every row is one channel's calibration data.
+        probs: quantile levels, all >= 0.99 (upper=True) or all <= 0.01 (upper=False).
+        upper: which tail the levels lie in.
+
+    Returns:
+        [C, len(probs)] tensor of quantiles.
+    """
+    n = rows.shape[1]
+    up, lo = row_extremes(rows, _tail_depth(n, probs, upper))
+    return _interpolate(up if upper else lo, n, probs, upper)
+
+
+def uniform_scores_torch(rows: torch.Tensor, deltas: torch.Tensor, zps: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Mean squared fake-quantization error [C, K] of rows [C, n] for candidates deltas, zps [C, K].
+
+    The definition (torch expressions, float32 mean); :func:`_uniform_scores` runs the fused kernel of
+    ``fused.py`` instead where it applies.
+    """
+    levels = 2**n_bits - 1
+    scores = []
+    for j in range(deltas.shape[1]):
+        d, z = deltas[:, j : j + 1], zps[:, j : j + 1]
+        # fake-quant then squared error, in place: one buffer instead of one per step (same arithmetic)
+        err = rows.div(d).round_().add_(z).clamp_(0, levels).sub_(z).mul_(d)
+        scores.append(err.sub_(rows).square_().mean(dim=1))
+    return torch.stack(scores, dim=1)
+
+
+def _uniform_scores(rows: torch.Tensor, deltas: torch.Tensor, zps: torch.Tensor, n_bits: int) -> torch.Tensor:
+    if not _fusable(rows):
+        return uniform_scores_torch(rows, deltas, zps, n_bits)
+    sums = fused.uniform_sq_err(rows.contiguous().numpy(), deltas.numpy(), zps.numpy(), 2**n_bits - 1)
+    return torch.from_numpy(sums / rows.shape[1])
+
+
 def uniform_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """RepQ-ViT's percentile search for asymmetric uniform quantization, for every row at once.
 
     Args:
-        rows: [C, n] calibration data, one row per channel (C = 1 for per-tensor).
+        rows: [C, n] calibration data without NaN, one row per channel (C = 1 for per-tensor).
         n_bits: bit width b; codes lie in [0, 2^b - 1].
 
     Returns:
@@ -85,17 +211,11 @@ def uniform_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch
     """
     rows = rows.detach()
     levels = 2**n_bits - 1
-    maxs = tail_quantiles(rows, PERCENTILES, upper=True)
-    mins = tail_quantiles(rows, tuple(1.0 - p for p in PERCENTILES), upper=False)
+    maxs, mins = percentile_bounds(rows, PERCENTILES)
     deltas = ((maxs - mins) / levels).clamp_min(MIN_DELTA)
     zps = torch.round(-mins / deltas)
-    scores = []
-    for j in range(len(PERCENTILES)):
-        d, z = deltas[:, j : j + 1], zps[:, j : j + 1]
-        # fake-quant then squared error, in place: one buffer instead of one per step (same arithmetic)
-        err = rows.div(d).round_().add_(z).clamp_(0, levels).sub_(z).mul_(d)
-        scores.append(err.sub_(rows).square_().mean(dim=1))
-    best = torch.stack(scores, dim=1).argmin(dim=1)  # first minimum, as a strict "<" scan
+    scores = _uniform_scores(rows, deltas, zps, n_bits)
+    best = scores.argmin(dim=1)  # first minimum, as a strict "<" scan
     idx = torch.arange(rows.shape[0])
     return deltas[idx, best], zps[idx, best]
 
@@ -108,36 +228,70 @@ def minmax_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch.
     return delta, torch.round(-mn / delta)
 
 
-def log_sqrt2_dequant(x: torch.Tensor, delta: torch.Tensor, n_bits: int, zero_state: str) -> torch.Tensor:
-    """Fake-quantize with the log-sqrt(2) quantizer (see module docstring)."""
+def log_sqrt2_raw(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """raw = round(-2 * log2(x / delta)) in float32, as the reference code computes it.
+
+    q <= 0 gives +inf or NaN (the zero state); float32 log2 may put an element whose -2 log2 q lies
+    within its rounding error of a half-integer on the other side (``fused.py`` rounds exactly).
+    """
+    return torch.log2(x / delta).mul_(-2.0).round_()
+
+
+def log_sqrt2_table(delta: torch.Tensor | float, n_bits: int) -> torch.Tensor:
+    """The 2^b + 1 dequantized values, float32: entry c < 2^b is delta * 2^-ceil(c/2) * (sqrt2 if c odd)
+    (a shift plus the sqrt(2) correction of the inference form), evaluated as the float32 expression
+    ``delta * exp2(-shift) * (1 + odd * (sqrt2 - 1))``; the last entry, 0.0, is the zero state. Shared
+    by the torch path and the Numba kernels, so both read the same bits."""
+    c = torch.arange(2**n_bits, dtype=torch.float32)
+    shift = torch.ceil(c / 2)
+    odd = shift * 2 - c  # 1.0 for odd codes, 0.0 for even
+    d = torch.as_tensor(delta, dtype=torch.float32)
+    vals = d * torch.exp2(-shift) * (1.0 + odd * (math.sqrt(2.0) - 1.0))
+    return torch.cat([vals, torch.zeros(1)])
+
+
+def _log_index(raw: torch.Tensor, n_bits: int, zero_state: str) -> torch.Tensor:
+    """Index into log_sqrt2_table: the code, or 2^b for the zero state."""
     levels = 2**n_bits
-    raw = torch.round(-2.0 * torch.log2(x / delta))
-    # NaN (x < 0 cannot occur after softmax) is treated like the zero state
-    limit = levels if zero_state == "reference" else levels - 1
-    zero = ~(raw < limit)
-    code = torch.clamp(raw, 0, levels - 1)
-    # delta * 2^(-code/2) written as the inference form: a shift by ceil(code/2), times sqrt(2) if odd
-    odd = torch.remainder(code, 2)
-    xq = delta * torch.exp2(-torch.ceil(code / 2)) * (1.0 + odd * (math.sqrt(2.0) - 1.0))
-    return torch.where(zero, torch.zeros_like(xq), xq)
+    limit = _log_limit(n_bits, zero_state)
+    return torch.where(raw < limit, raw.clamp(0, levels - 1), torch.full_like(raw, levels)).to(torch.int64)
+
+
+def log_sqrt2_dequant(x: torch.Tensor, delta: torch.Tensor, n_bits: int, zero_state: str) -> torch.Tensor:
+    """Fake-quantize with the log-sqrt(2) quantizer (see module docstring): the definition."""
+    table = log_sqrt2_table(delta, n_bits).to(x.dtype)
+    return table[_log_index(log_sqrt2_raw(x, delta), n_bits, zero_state)]
 
 
 def log_sqrt2_codes(x: torch.Tensor, delta: torch.Tensor, n_bits: int) -> torch.Tensor:
     """b-bit integer codes of the inference form: 0..2^b-2 are levels, 2^b-1 is the zero state."""
-    zero_code = 2**n_bits - 1
-    raw = torch.round(-2.0 * torch.log2(x / delta))
-    code = torch.clamp(raw, 0, zero_code)
-    return torch.where(raw < zero_code, code, torch.full_like(code, zero_code)).to(torch.int64)
+    return _log_index(log_sqrt2_raw(x, delta), n_bits, "b_bit").clamp_max(2**n_bits - 1)
+
+
+def log_sqrt2_scores_torch(flat: torch.Tensor, deltas: torch.Tensor, n_bits: int, zero_state: str) -> list[float]:
+    """Mean squared error of the log-sqrt(2) fake-quantization of flat for each candidate delta (the
+    definition; ``fused.py`` holds the one-pass kernel)."""
+    return [(flat - log_sqrt2_dequant(flat, d, n_bits, zero_state)).pow(2).mean().item() for d in deltas]
+
+
+def _log_limit(n_bits: int, zero_state: str) -> int:
+    return 2**n_bits if zero_state == "reference" else 2**n_bits - 1
 
 
 def log_sqrt2_search(flat: torch.Tensor, n_bits: int, zero_state: str) -> torch.Tensor:
     """Percentile search of delta for the log-sqrt(2) quantizer (per tensor)."""
     flat = flat.detach().reshape(1, -1)
-    cands = tail_quantiles(flat, PERCENTILES, upper=True)[0]
+    cands = percentile_bounds(flat, PERCENTILES)[0][0]
+    if _fusable(flat):
+        tables = torch.stack([log_sqrt2_table(d, n_bits) for d in cands])
+        sums = fused.log_sqrt2_sq_err(flat.contiguous().numpy(), cands.numpy(), tables.numpy(),
+                                      _log_limit(n_bits, zero_state))
+        scores = (sums / flat.shape[1]).tolist()
+    else:
+        scores = log_sqrt2_scores_torch(flat, cands, n_bits, zero_state)
     best, best_score = None, math.inf
-    for d in cands:
-        score = (flat - log_sqrt2_dequant(flat, d, n_bits, zero_state)).pow(2).mean().item()
-        if score < best_score:
+    for d, score in zip(cands, scores):
+        if score < best_score:  # strict: the first of equal scores wins; NaN never wins
             best, best_score = d, score
     if best is None:  # every candidate gave NaN: degenerate (all-zero) input
         best = cands[-1]
@@ -168,6 +322,7 @@ class UniformQuantizer(nn.Module):
         self.inited = False
         self.enabled = True
         self.on_init = None  # optional callback, used for calibration progress
+        self.name = ""  # the module path, set by calibrate(), for error messages
 
     def extra_repr(self) -> str:
         return f"n_bits={self.n_bits}, channel_wise={self.channel_wise}, inited={self.inited}"
@@ -187,8 +342,10 @@ class UniformQuantizer(nn.Module):
 
     def calibrate(self, x: torch.Tensor) -> None:
         """Set delta and zero_point from calibration data x."""
+        rows = self._rows(x.detach()).contiguous()  # a copy unless x is contiguous and per tensor
+        check_calibration_data(rows, self.name, tuple(x.shape))
         search = uniform_search if self.method == "percentile" else minmax_search
-        delta, zp = search(self._rows(x), self.n_bits)
+        delta, zp = search(rows, self.n_bits)
         if not self.channel_wise:
             delta, zp = delta[0], zp[0]
         self.delta, self.zero_point = delta.to(x.device), zp.to(x.device)
@@ -212,8 +369,29 @@ class UniformQuantizer(nn.Module):
             return x
         if not self.inited:
             self.calibrate(x)
+        if _fusable(x) and x.numel() > 0 and not (x.requires_grad and torch.is_grad_enabled()):
+            out = self._fused_forward(x)
+            if out is not None:
+                return out
         d, z = self._broadcast(self.delta, x), self._broadcast(self.zero_point, x)
         return (self.codes(x) - z) * d
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The same float32 arithmetic in one Numba pass, bit-identical (see fused.py); the output has
+        the strides torch's element-wise ops would give it. None where no kernel fits the layout."""
+        out = torch.empty_like(x)  # torch's allocator: far fewer page faults than a fresh numpy array
+        d, z = self.delta.to(x.dtype), self.zero_point.to(x.dtype)
+        levels = 2**self.n_bits - 1
+        if x.is_contiguous():
+            inner = x.numel() if d.dim() == 0 else math.prod(x.shape[self.channel_axis % x.dim() + 1 :])
+            fused.fake_quant_uniform(x.detach().numpy(), d.numpy(), z.numpy(), levels, inner, out.numpy())
+            return out
+        if d.dim() == 0 and x.dim() <= 4:  # per tensor, a strided view (q, k^T, v of the attention)
+            order = sorted(range(x.dim()), key=lambda i: -out.stride(i))  # out's memory order
+            fused.fake_quant_strided(x.detach().permute(order).numpy(), d.item(), z.item(), levels,
+                                     out.permute(order).numpy())
+            return out
+        return None
 
 
 class LogSqrt2Quantizer(nn.Module):
@@ -236,11 +414,13 @@ class LogSqrt2Quantizer(nn.Module):
         self.inited = False
         self.enabled = True
         self.on_init = None
+        self.name = ""
 
     def extra_repr(self) -> str:
         return f"n_bits={self.n_bits}, zero_state={self.zero_state}, inited={self.inited}"
 
     def calibrate(self, x: torch.Tensor) -> None:
+        check_calibration_data(x, self.name)
         self.delta = log_sqrt2_search(x, self.n_bits, self.zero_state).to(x.device)
         self.inited = True
         if self.on_init is not None:
@@ -251,4 +431,5 @@ class LogSqrt2Quantizer(nn.Module):
             return x
         if not self.inited:
             self.calibrate(x)
-        return log_sqrt2_dequant(x, self.delta.to(x.dtype), self.n_bits, self.zero_state)
+        d = self.delta.to(x.dtype)
+        return log_sqrt2_dequant(x, d, self.n_bits, self.zero_state)
