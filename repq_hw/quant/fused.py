@@ -41,21 +41,31 @@ INF_BITS = 0x7F800000
 
 @njit(cache=True)
 def _sum_sq(err):
-    """sum(err^2) of a float32 or float64 buffer in float64, with 8 interleaved partial sums (fixed order; a single
-    float64 add chain would be latency-bound, and fastmath reordering is not used here)."""
-    acc = np.zeros(8)
+    """sum(err^2) of a float32 or float64 buffer in float64, in a fixed order: 8 interleaved partial
+    sums (a single float64 add chain is latency-bound; fastmath reordering is not used), then a tree."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
     m = err.shape[0] // 8 * 8
     for j in range(0, m, 8):
-        for u in range(8):
-            e = np.float64(err[j + u])
-            acc[u] += e * e
-    s = 0.0
+        e0 = np.float64(err[j])
+        e1 = np.float64(err[j + 1])
+        e2 = np.float64(err[j + 2])
+        e3 = np.float64(err[j + 3])
+        e4 = np.float64(err[j + 4])
+        e5 = np.float64(err[j + 5])
+        e6 = np.float64(err[j + 6])
+        e7 = np.float64(err[j + 7])
+        a0 += e0 * e0
+        a1 += e1 * e1
+        a2 += e2 * e2
+        a3 += e3 * e3
+        a4 += e4 * e4
+        a5 += e5 * e5
+        a6 += e6 * e6
+        a7 += e7 * e7
     for j in range(m, err.shape[0]):
         e = np.float64(err[j])
-        s += e * e
-    for u in range(8):
-        s += acc[u]
-    return s
+        a0 += e * e
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
 @njit(parallel=True, cache=True)
@@ -362,3 +372,27 @@ def _count_nonfinite(flat):
 def count_nonfinite(x: np.ndarray) -> int:
     """How many elements of a float32 array are NaN or +-inf (one parallel pass)."""
     return int(_count_nonfinite(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)))
+
+
+@njit(parallel=True, cache=True)
+def _log_sqrt2_from_log2(log2q, table, limit, out):
+    """out[i] = table[index], index = clamp(rint(-2 * log2q[i]), 0, 2^b - 1) if that raw < limit else
+    2^b (zero state; NaN too): the definition's arithmetic after its float32 log2, element by element."""
+    n = log2q.shape[0]
+    top = np.float32(table.shape[0] - 2)
+    lim = np.float32(limit)
+    zero = np.float32(0.0)
+    zero_idx = table.shape[0] - 1
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        for i in range(t * CHUNK, min(n, (t + 1) * CHUNK)):
+            raw = np.rint(np.float32(-2.0) * log2q[i])
+            idx = zero_idx
+            if raw < lim:
+                idx = np.int64(min(max(raw, zero), top))
+            out[i] = table[idx]
+
+
+def log_sqrt2_from_log2(log2q: np.ndarray, table: np.ndarray, limit: int, out: np.ndarray) -> None:
+    """Finish the log-sqrt(2) fake-quantization from float32 log2(x / delta) (C-contiguous) into out."""
+    _log_sqrt2_from_log2(log2q.reshape(-1), np.ascontiguousarray(table, dtype=np.float32), limit,
+                         out.reshape(-1))

@@ -432,4 +432,11 @@ class LogSqrt2Quantizer(nn.Module):
         if not self.inited:
             self.calibrate(x)
         d = self.delta.to(x.dtype)
+        if (_fusable(x) and x.is_contiguous() and x.numel() > 0
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            # torch's float32 log2 (the definition's), then one Numba pass for the rest: bit-identical
+            log2q = torch.div(x.detach(), d).log2_()
+            fused.log_sqrt2_from_log2(log2q.numpy(), log_sqrt2_table(d, self.n_bits).numpy(),
+                                      _log_limit(self.n_bits, self.zero_state), log2q.numpy())
+            return log2q
         return log_sqrt2_dequant(x, d, self.n_bits, self.zero_state)

@@ -231,3 +231,12 @@ def test_calibration_refuses_non_finite_data():
     lq = qz.LogSqrt2Quantizer(4)
     with pytest.raises(ValueError, match="NaN/inf"):
         lq.calibrate(torch.tensor([0.5, math.inf]))
+
+
+@pytest.mark.parametrize("bits,zero_state", [(3, "reference"), (4, "b_bit"), (8, "reference")])
+def test_log_sqrt2_forward_is_bit_identical(bits, zero_state):
+    x = torch.from_numpy(wide_positive_values(np.random.default_rng(bits), 20_000))
+    q = qz.LogSqrt2Quantizer(bits, zero_state=zero_state)
+    q.delta, q.inited = torch.tensor(0.8), True
+    got, want = q(x), log_sqrt2_dequant(x, torch.tensor(0.8), bits, zero_state)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
