@@ -1,4 +1,4 @@
-"""Byte-exact encoders and decoders of the golden-vector file formats (numpy only).
+"""Byte-exact encoders and decoders of the golden-vector file formats (numpy, plus one Numba kernel that writes hex text).
 
 Every format stores the elements of one integer array in C (row-major) order. Layouts
 (``docs/golden_format.md`` states them for RTL engineers):
@@ -27,6 +27,7 @@ import hashlib
 import re
 
 import numpy as np
+from numba import njit, prange
 
 __all__ = [
     "CONST_FORMATS",
@@ -112,12 +113,31 @@ def from_words(words: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     return (u.astype(np.int64) - (sign.astype(np.int64) << np.int64(bits)))
 
 
-def _hex_text(words: np.ndarray, digits: int) -> np.ndarray:
-    """uint64 words -> [n, digits] ASCII hex characters (most significant digit first)."""
+def _hex_text_numpy(words: np.ndarray, digits: int) -> np.ndarray:
+    """uint64 words -> [n, digits] ASCII hex characters (most significant digit first), in numpy: the
+    plain form, kept as the oracle of :func:`_hex_text` (tests)."""
     n = words.shape[0]
     shifts = np.arange(digits - 1, -1, -1, dtype=np.uint64) * np.uint64(4)
     nib = (words[:, None] >> shifts[None, :]) & np.uint64(15)
     return _HEXCHARS[nib.astype(np.intp)].reshape(n, digits)
+
+
+@njit(parallel=True, cache=True)
+def _hex_text_kernel(words, digits, chars, out):
+    for i in prange(words.shape[0]):
+        w = words[i]
+        for k in range(digits - 1, -1, -1):  # least significant digit last
+            out[i, k] = chars[np.intp(w & np.uint64(15))]
+            w = w >> np.uint64(4)
+
+
+def _hex_text(words: np.ndarray, digits: int) -> np.ndarray:
+    """uint64 words -> [n, digits] ASCII hex characters (most significant digit first). One Numba pass
+    (the numpy form needs 8 * digits bytes of temporaries per element)."""
+    out = np.empty((words.shape[0], digits), dtype=np.uint8)
+    if words.shape[0]:
+        _hex_text_kernel(np.ascontiguousarray(words, dtype=np.uint64), int(digits), _HEXCHARS, out)
+    return out
 
 
 def _parse_hex_chars(chars: np.ndarray, what: str) -> np.ndarray:

@@ -130,3 +130,18 @@ def test_round_trip_every_format(name, bits, signed, dtype):
     data = fmt.encode(name, a, bits=bits, signed=signed, dtype=dtype, title="t")
     back = fmt.decode(name, data, bits=bits, signed=signed, dtype=dtype, shape=(3, 5))
     np.testing.assert_array_equal(back, a.astype(np.int64))
+
+
+@pytest.mark.parametrize("digits", [1, 2, 3, 5, 8, 16])
+def test_hex_text_kernel_equals_numpy_form_and_python_format(digits):
+    from repq_hw.golden.formats import _hex_text, _hex_text_numpy
+
+    rng = np.random.default_rng(digits)
+    words = rng.integers(0, 2**63, 5000, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    if digits < 16:
+        words &= np.uint64((1 << (4 * digits)) - 1)
+    words[:3] = [0, 1, (1 << (4 * digits)) - 1 if digits < 16 else 2**64 - 1]
+    got = _hex_text(words, digits)
+    assert np.array_equal(got, _hex_text_numpy(words, digits))
+    assert [bytes(r).decode() for r in got[:50]] == [format(int(w), f"0{digits}x") for w in words[:50]]
+    assert _hex_text(np.zeros(0, np.uint64), digits).shape == (0, digits)
