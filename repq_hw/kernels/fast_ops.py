@@ -119,13 +119,27 @@ def _rshift_add(v, s, h, sm, e1, e2):
 
 
 @njit(cache=True)
+def _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    for j in range(acc.shape[1]):
+        v = np.int64(acc[i, j]) * mult[j] + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
+        y = _rshift_add(v, sh[j], h[j], sm[j], e1, e2)
+        out[i, j] = min(max(y, lo), hi) + zp
+
+
+@njit(cache=True)
 def _requant_rows(acc, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
-    rows, c = acc.shape
-    for i in range(rows):
-        for j in range(c):
-            v = np.int64(acc[i, j]) * mult[j] + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
-            y = _rshift_add(v, sh[j], h[j], sm[j], e1, e2)
-            out[i, j] = min(max(y, lo), hi) + zp
+    for i in range(acc.shape[0]):
+        _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out)
+
+
+@njit(cache=True, parallel=True)
+def _requant_rows_parallel(acc, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    for i in prange(acc.shape[0]):
+        _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out)
+
+
+PARALLEL_MIN_ELEMENTS = 1 << 16
+"""Element-wise kernels split rows over threads from this size on (below it the fork/join costs more)."""
 
 
 class RequantConsts:
@@ -171,7 +185,8 @@ def requant_fast(acc: np.ndarray, rc: RequantConsts, out_dtype) -> np.ndarray | 
         return None
     a2 = np.ascontiguousarray(acc).reshape(-1, rc.c)
     out = np.empty(a2.shape, dtype=out_dtype)
-    _requant_rows(a2, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2, out)
+    kernel = _requant_rows_parallel if a2.size >= PARALLEL_MIN_ELEMENTS else _requant_rows
+    kernel(a2, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2, out)
     return out.reshape(acc.shape)
 
 

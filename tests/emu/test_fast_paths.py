@@ -117,7 +117,9 @@ def test_progress_and_outputs_unchanged():
 def test_requant_fast(mode):
     rng = np.random.default_rng(ROUNDING_MODES.index(mode))
     c = 37
-    acc = rng.integers(-(1 << 31), 1 << 31, (23, c)).astype(np.int32)
+    # 1800 rows: above PARALLEL_MIN_ELEMENTS, so the threaded kernel runs too (checked below)
+    acc = rng.integers(-(1 << 31), 1 << 31, (1800, c)).astype(np.int32)
+    assert acc.size >= F.PARALLEL_MIN_ELEMENTS and acc[:23].size < F.PARALLEL_MIN_ELEMENTS
     acc[0] = -(1 << 31)
     acc[1] = (1 << 31) - 1
     acc[2] = 0
@@ -127,7 +129,9 @@ def test_requant_fast(mode):
     off = rng.integers(-(1 << 60), 1 << 60, c)
     for lo, hi, zp, dt in ((0, 255, 7, np.uint8), (-32768, 32767, -5, np.int16), (-(1 << 31), (1 << 31) - 1, 0, np.int32)):
         rc = F.RequantConsts.make(c, mult, shift, off, zp, lo, hi, mode)
-        assert np.array_equal(F.requant_fast(acc, rc, dt), requantize_ref(acc, mult, shift, off, zp, lo, hi, mode, dt))
+        want = requantize_ref(acc, mult, shift, off, zp, lo, hi, mode, dt)
+        assert np.array_equal(F.requant_fast(acc, rc, dt), want)  # threaded
+        assert np.array_equal(F.requant_fast(acc[:23], rc, dt), want[:23])  # serial
     # ties: small shifts over every residue
     x = np.arange(-64, 65, dtype=np.int32)[:, None].repeat(3, 1)
     rc = F.RequantConsts.make(3, [1, 1, 1], [1, 2, 3], [0, 0, 0], 0, -100, 100, mode)
