@@ -278,19 +278,38 @@ def lookup_fast(x: np.ndarray, table: np.ndarray, in_min: int, out_dtype) -> np.
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape[0], dtype=out_dtype)
     bad = np.zeros(1, dtype=np.uint8)
-    _lookup_off(flat, t.astype(out_dtype), int(in_min), out, bad)
+    kernel = _lookup_off_parallel if flat.shape[0] >= PARALLEL_MIN_ELEMENTS else _lookup_off
+    kernel(flat, t.astype(out_dtype), int(in_min), out, bad)
     return None if bad[0] else out.reshape(x.shape)
 
 
-@njit(cache=True)  # memory-bound: serial (no fork/join cost)
-def _lookup_off(x, table, lo, out, bad):
+@njit(cache=True)
+def _lookup_off_range(x, table, lo, out, a, b):
+    """out[i] = table[x[i] - lo] for i in [a, b); returns 1 if some index fell outside the table."""
     n = table.shape[0]
-    for i in range(x.shape[0]):
+    bad = 0
+    for i in range(a, b):
         v = np.int64(x[i]) - lo
         ok = (v >= 0) & (v < n)
         out[i] = table[v if ok else 0]
-        if not ok:
-            bad[0] = 1
+        bad |= np.int64(not ok)
+    return bad
+
+
+@njit(cache=True)
+def _lookup_off(x, table, lo, out, bad):
+    bad[0] = _lookup_off_range(x, table, lo, out, 0, x.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def _lookup_off_parallel(x, table, lo, out, bad):
+    n = x.shape[0]
+    step = PARALLEL_MIN_ELEMENTS // 2
+    nch = (n + step - 1) // step
+    flags = np.empty(nch, np.int64)
+    for t in prange(nch):
+        flags[t] = _lookup_off_range(x, table, lo, out, t * step, min(n, (t + 1) * step))
+    bad[0] = flags.max()
 
 
 # ---------------------------------------------------------------------------------------------

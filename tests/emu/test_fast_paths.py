@@ -166,6 +166,11 @@ def test_lookup_fast_and_sat_add():
     x = np.random.default_rng(3).integers(-10, 118, (4, 9)).astype(np.int16)
     assert np.array_equal(F.lookup_fast(x, table, -10, np.int8), lut_lookup_ref(x, table, -10).astype(np.int8))
     assert F.lookup_fast(np.array([200], np.int16), table, -10, np.int8) is None
+    # large inputs take the threaded kernel: same values, and one bad index anywhere still refuses
+    big = np.random.default_rng(4).integers(-10, 118, 3 * F.PARALLEL_MIN_ELEMENTS + 5).astype(np.int16)
+    assert np.array_equal(F.lookup_fast(big, table, -10, np.int8), lut_lookup_ref(big, table, -10).astype(np.int8))
+    big[-1] = 500
+    assert F.lookup_fast(big, table, -10, np.int8) is None
     a = np.array([32767, -32768, 5, -7], np.int16)
     b = np.array([1, -1, 6, 3], np.int16)
     assert np.array_equal(F.sat_add(a, b, -32768, 32767, np.int16), np.array([32767, -32768, 11, -4], np.int16))
