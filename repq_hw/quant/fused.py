@@ -19,9 +19,10 @@ Contract:
     rounding may rank the other way round; the search keeps the first of equal scores either way;
   * tail selection copies values, never computes them: it returns exactly what ``torch.topk`` does.
 
-Numba note: ``inline="always"`` helpers and ``np.zeros`` inside ``prange`` bodies produced wrong
-results here (Numba 0.68: hoisted allocations lost their fill); helpers are plain ``@njit`` functions
-and per-iteration buffers are filled explicitly.
+Numba note (0.68): ``np.zeros`` inside a ``prange`` body gave wrong results here twice -- an
+``inline="always"`` helper holding ``np.zeros(8)`` made inf sums, and ``np.zeros(top + 2)`` read back
+garbage (probably allocation hoisting dropping the fill). Helpers are plain ``@njit`` functions and
+per-iteration buffers are ``np.empty`` filled explicitly.
 """
 
 from __future__ import annotations
