@@ -69,6 +69,13 @@ def _sum_sq(err):
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
+@njit(cache=True)
+def _fake_quant(x, d, z, top):
+    """(clamp(rint(x / d) + z, 0, top) - z) * d in float32, in the torch definition's order (all float32)."""
+    q = min(max(np.rint(x / d) + z, np.float32(0.0)), top)
+    return (q - z) * d
+
+
 @njit(parallel=True, cache=True)
 def _uniform_sq_err(rows, deltas, zps, levels):
     """rows [C, n] f32; deltas, zps [C, K] f32 -> [C, K] f64 sums of (fake_quant(x) - x)^2."""
@@ -77,7 +84,6 @@ def _uniform_sq_err(rows, deltas, zps, levels):
     nch = (n + CHUNK - 1) // CHUNK
     part = np.zeros((C * nch, K))
     top = np.float32(levels)
-    zero = np.float32(0.0)
     for t in prange(C * nch):
         c = t // nch
         j0 = (t - c * nch) * CHUNK
@@ -86,10 +92,8 @@ def _uniform_sq_err(rows, deltas, zps, levels):
         for k in range(K):
             d = deltas[c, k]
             z = zps[c, k]
-            for j in range(j0, j1):  # float32, torch's order: x/d, rint, +z, clamp, -z, *d, -x
-                x = rows[c, j]
-                q = min(max(np.rint(x / d) + z, zero), top)
-                err[j - j0] = (q - z) * d - x
+            for j in range(j0, j1):
+                err[j - j0] = _fake_quant(rows[c, j], d, z, top) - rows[c, j]
             part[t, k] = _sum_sq(err)
     out = np.zeros((C, K))
     for c in range(C):
@@ -104,7 +108,8 @@ def _log_index_chunk(x, d, top, limit, qbuf, idx):
     """idx[j] = index into the level table for x[j] (the code, or top + 1 for the zero state).
 
     raw = rint(-2 log2(q)), q = x / d in float32, read off q's bits: q = 1.f * 2^(ex-127) gives
-    -2 log2 q = 2(127 - ex) - 2 log2(1.f) with the last term in (-2, 0]. Exact (see log_sqrt2_raw).
+    -2 log2 q = 2(127 - ex) - 2 log2(1.f) with the last term in (-2, 0]: the exact rounding (the torch
+    definition, ``log_sqrt2_raw``, rounds float32 log2 instead; see the module docstring).
     """
     m = x.shape[0]
     zero_idx = top + 1
@@ -123,7 +128,8 @@ def _log_index_chunk(x, d, top, limit, qbuf, idx):
         i = zero_idx if (b <= 0 or b > INF_BITS) else i
         rare += np.int32(ex == 0 and b > 0) + np.int32(b == INF_BITS)
         idx[j] = i
-    if rare:  # subnormal q: exact by float64 log2 (see log_sqrt2_raw); q = +inf: raw = -inf, code 0
+    if rare:  # subnormal q: float64 log2 of a float32 is far from any half-integer tie, so exact too;
+        # q = +inf: raw = -inf, code 0
         for j in range(m):
             b = bits[j]
             if b == INF_BITS:
@@ -293,7 +299,6 @@ def _fake_quant_uniform(x, d, z, levels, inner, out):
     n = x.shape[0]
     m = d.shape[0]
     top = np.float32(levels)
-    zero = np.float32(0.0)
     nblk = n // inner  # blocks of `inner` elements that share one channel
     if inner >= CHUNK or nblk == 1:  # few long blocks: parallel inside each block
         for b in range(nblk):
@@ -303,23 +308,20 @@ def _fake_quant_uniform(x, d, z, levels, inner, out):
             base = b * inner
             for t in prange((inner + CHUNK - 1) // CHUNK):
                 for i in range(base + t * CHUNK, base + min(inner, (t + 1) * CHUNK)):
-                    q = min(max(np.rint(x[i] / dc) + zc, zero), top)
-                    out[i] = (q - zc) * dc
+                    out[i] = _fake_quant(x[i], dc, zc, top)
     elif inner == 1:  # channels on the last axis: rows of m elements
         rows = n // m
         for r in prange(rows):
+            i0 = r * m
             for c in range(m):
-                i = r * m + c
-                q = min(max(np.rint(x[i] / d[c]) + z[c], zero), top)
-                out[i] = (q - z[c]) * d[c]
+                out[i0 + c] = _fake_quant(x[i0 + c], d[c], z[c], top)
     else:
         for b in prange(nblk):
             c = b % m
             dc = d[c]
             zc = z[c]
             for i in range(b * inner, (b + 1) * inner):
-                q = min(max(np.rint(x[i] / dc) + zc, zero), top)
-                out[i] = (q - zc) * dc
+                out[i] = _fake_quant(x[i], dc, zc, top)
 
 
 def fake_quant_uniform(x: np.ndarray, d: np.ndarray, z: np.ndarray, levels: int, inner: int,
@@ -336,14 +338,12 @@ def _fake_quant_strided_4d(x, d, z, levels, out):
     """Per-tensor fake-quantization of a strided 4-D view into out (same shape, any strides)."""
     A, B, C, D = x.shape
     top = np.float32(levels)
-    zero = np.float32(0.0)
     for ab in prange(A * B):
         a = ab // B
         b = ab - a * B
         for c in range(C):
             for e in range(D):
-                q = min(max(np.rint(x[a, b, c, e] / d) + z, zero), top)
-                out[a, b, c, e] = (q - z) * d
+                out[a, b, c, e] = _fake_quant(x[a, b, c, e], d, z, top)
 
 
 def fake_quant_strided(x: np.ndarray, d: float, z: float, levels: int, out: np.ndarray) -> None:

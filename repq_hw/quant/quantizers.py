@@ -56,6 +56,12 @@ def _fusable(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 and x.device.type == "cpu"
 
 
+def _fast_forward_ok(x: torch.Tensor) -> bool:
+    """The fake-quant forward may run a Numba kernel: float32 on the CPU, not empty, and no autograd graph
+    to keep (the kernels return plain tensors)."""
+    return _fusable(x) and x.numel() > 0 and not (x.requires_grad and torch.is_grad_enabled())
+
+
 def check_calibration_data(x: torch.Tensor, who: str, shape: tuple | None = None) -> None:
     """Refuse calibration data holding NaN or inf, naming the quantizer (the searches assume finite data)."""
     if _fusable(x) and x.is_contiguous():
@@ -369,7 +375,7 @@ class UniformQuantizer(nn.Module):
             return x
         if not self.inited:
             self.calibrate(x)
-        if _fusable(x) and x.numel() > 0 and not (x.requires_grad and torch.is_grad_enabled()):
+        if _fast_forward_ok(x):
             out = self._fused_forward(x)
             if out is not None:
                 return out
@@ -432,8 +438,7 @@ class LogSqrt2Quantizer(nn.Module):
         if not self.inited:
             self.calibrate(x)
         d = self.delta.to(x.dtype)
-        if (_fusable(x) and x.is_contiguous() and x.numel() > 0
-                and not (x.requires_grad and torch.is_grad_enabled())):
+        if _fast_forward_ok(x) and x.is_contiguous():
             # torch's float32 log2 (the definition's), then one Numba pass for the rest: bit-identical
             log2q = torch.div(x.detach(), d).log2_()
             fused.log_sqrt2_from_log2(log2q.numpy(), log_sqrt2_table(d, self.n_bits).numpy(),
