@@ -4,6 +4,8 @@ import copy
 import functools
 
 import pytest
+
+import repq_hw  # noqa: F401  (first: pins torch's CPU float paths before torch initialises)
 import torch
 
 from repq_hw.models.registry import create_model

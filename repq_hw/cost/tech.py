@@ -22,6 +22,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from repq_hw.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TECH_DIR = REPO_ROOT / "sim" / "tech"
@@ -32,7 +33,7 @@ _OPTIONAL = ("units", "node_nm", "notes", "assumptions")
 _ASSUMPTIONS = {"shift_vs_add": 1.0, "sram_write_vs_read": 1.0}
 
 
-class TechTableError(ValueError):
+class TechTableError(InputError):
     """A technology table is malformed; the message names the file and the field."""
 
 

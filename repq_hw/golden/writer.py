@@ -33,6 +33,7 @@ from repq_hw.golden import formats as fmt
 from repq_hw.golden.spec import derived_params, input_roles, spec_pages
 from repq_hw.ir.graph import IR_VERSION, Graph, IntType
 from repq_hw.ir.ops import Op
+from repq_hw.errors import InputError
 
 FORMAT_NAME = "repq-hw-golden"
 FORMAT_VERSION = 1
@@ -45,7 +46,7 @@ INLINE_MAX = 16
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class GoldenError(ValueError):
+class GoldenError(InputError):
     """A golden set cannot be written or read; the message says why."""
 
 

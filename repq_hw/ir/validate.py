@@ -13,12 +13,13 @@ import numpy as np
 
 from repq_hw.ir.graph import Graph, IntType, Node
 from repq_hw.ir.ops import ROUNDING_OPS, Op
+from repq_hw.errors import InputError
 
 ROUNDING_MODES = ("half_up", "half_even", "half_away", "floor")
 INT64_MAX = (1 << 63) - 1
 
 
-class IRValidationError(ValueError):
+class IRValidationError(InputError):
     """A graph violates the IR rules; the message names the node, tensor or constant."""
 
 

@@ -36,9 +36,10 @@ from repq_hw.lower.constants import exp2_lut, log2_thresholds, make_gelu_lut, qu
 from repq_hw.quant.model import QuantConfig, quantizers
 from repq_hw.quant.modules import ExplicitAttention, QuantConv2d
 from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer
+from repq_hw.errors import InputError
 
 
-class LoweringError(ValueError):
+class LoweringError(InputError):
     """The calibrated model cannot be lowered; the message names the module and what was expected."""
 
 

@@ -33,13 +33,14 @@ from repq_hw.quant.modules import (
     make_post_softmax_quantizer,
 )
 from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer, check_bits
+from repq_hw.errors import InputError
 
 CHANNEL_WISE_INPUTS = ("qkv", "fc1", "reduction")  # inputs calibrated per channel, then reparameterized
 PATCH_EMBED_INPUT_BITS = 8
 QUANTIZERS = (UniformQuantizer, LogSqrt2Quantizer)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """The model holds a module whose computation the quantized model would not reproduce."""
 
 
