@@ -41,7 +41,7 @@ PINNED_CAPABILITY = "AVX2"
 _TRUE = ("1", "true", "yes", "on")
 
 # what this module did, for the record
-_state: dict = {"pinned_by_repq_hw": False, "overridden": {}, "torch_loaded_first": None}
+_state: dict = {"pinned_by_repq_hw": False, "originals": {}, "overridden": {}, "torch_loaded_first": None}
 
 
 def fast_float_requested() -> bool:
@@ -60,6 +60,7 @@ def pin_before_torch() -> None:
         return
     for k, v in PINNED_ENV.items():
         old = os.environ.get(k)
+        _state["originals"][k] = old
         if old is not None and old != v:
             _state["overridden"][k] = old
         os.environ[k] = v
@@ -78,9 +79,9 @@ def use_fast_float() -> bool:
                           "float settings; they stay in force for this process", stacklevel=2)
         return False
     if _state["pinned_by_repq_hw"]:
-        for k in PINNED_ENV:
-            if k in _state["overridden"]:
-                os.environ[k] = _state["overridden"][k]
+        for k in PINNED_ENV:  # give the user's own values back, exactly
+            if _state["originals"].get(k) is not None:
+                os.environ[k] = _state["originals"][k]
             else:
                 os.environ.pop(k, None)
         _state["pinned_by_repq_hw"] = False
