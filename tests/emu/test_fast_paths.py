@@ -206,3 +206,30 @@ def test_attn_v_fast(mode):
         assert np.array_equal(F.attn_v_fast(c, v, vz, bits, f, 15, mode), r), (bits, f, vz)
     with pytest.raises(ValueError, match="would be truncated"):
         F.attn_v_fast(np.full((1, 1, 1), 20, np.uint8), np.zeros((1, 1, 1), np.uint8), 0, 8, 2, 15, mode)
+
+
+def _proc_cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_default_run_uses_the_cpus_own_gemm_path():
+    """The kernel feature detection (LLVM's host features) agrees with the kernel's own flags in
+    /proc/cpuinfo, and an unforced plan takes the best path the CPU has: VNNI where present."""
+    flags = _proc_cpuinfo_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo on this system")
+    from repq_hw.kernels import simd
+
+    vnni = {"avx512f", "avx512bw", "avx512_vnni"} <= flags
+    assert simd.has_vnni512() == vnni
+    assert simd.has_avx2() == ("avx2" in flags)
+    g, _ = codes_for("test_deit", 8, seed=11)
+    paths = set(fast.prepare(g).gemm_paths().values())
+    if vnni:
+        assert paths == {"vnni"}
+    elif "avx2" in flags:
+        assert paths <= {"u8s8", "i16", "f32"} and "portable" not in paths
