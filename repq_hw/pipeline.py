@@ -1,7 +1,10 @@
 """Library functions behind the CLI: load a model and its data, calibrate, evaluate, ablate.
 
 The data source is either ``"digits"`` (the bundled scikit-learn digits split, for the ``*_digits`` and
-``test_*`` models) or an ImageFolder directory laid out like ImageNet val (timm models).
+``test_*`` models) or an ImageFolder directory laid out like ImageNet val (timm models). Two evaluation-only
+sets exist for the digits models: ``"mnist-digits"`` (5,000 MNIST digits converted to the digits format,
+``repq_hw.data.mnist``) and ``"digits+mnist"`` (the 360 digits test images, then those 5,000); a model
+evaluated on them is calibrated on the digits train split, as with ``"digits"``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repq_hw import float_env
+from repq_hw.errors import InputError
 from repq_hw.evaluate import Accuracy, batches, evaluate
 from repq_hw.models.registry import create_model, digits_model_names, model_config
 from repq_hw.quant.model import QuantConfig, build_calibrated, save_calibrated
 
 DIGITS = "digits"
+MNIST_DIGITS = "mnist-digits"  # evaluation only: 5,000 MNIST digits in the digits format
+DIGITS_MNIST = "digits+mnist"  # evaluation only: digits test split (360) followed by MNIST_DIGITS (5,000)
+DIGITS_EVAL_ONLY = (MNIST_DIGITS, DIGITS_MNIST)
 
 
 def default_data(model_name: str) -> str | None:
@@ -26,26 +34,39 @@ def default_data(model_name: str) -> str | None:
 
 
 def _check_data(model_name: str, data: str | None) -> str:
+    """The data source images are drawn from for calibration (the evaluation-only sets map to ``DIGITS``)."""
     if data is None:
         data = default_data(model_name)
     if data is None:
         raise ValueError(f"model {model_name!r} needs --data DIR (an ImageFolder laid out like ImageNet val)")
+    if data in DIGITS_EVAL_ONLY:
+        return DIGITS
     return data
 
 
 def calibration_images(model: torch.nn.Module, model_name: str, data: str | None, n: int = 32,
                        seed: int = 0) -> torch.Tensor:
-    """The calibration batch: n images, seeded, from the digits train split or an ImageFolder."""
-    data = _check_data(model_name, data)
-    if n < 1:
-        raise ValueError(f"calibration size must be >= 1, got {n}")
-    if data == DIGITS:
-        from repq_hw.data.digits import calibration_batch
+    """The calibration batch: n images, seeded, from the digits train split or an ImageFolder.
 
+    Exactly n images or an InputError: a source with fewer than n images is refused (naming both
+    numbers), never silently used in part, so that the recorded calibration size is the one used."""
+    data = _check_data(model_name, data)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InputError(f"calibration size must be an integer >= 1, got {n!r}")
+    if data == DIGITS:
+        from repq_hw.data.digits import calibration_batch, split_indices
+
+        available = len(split_indices("train"))
+        if n > available:
+            raise InputError(f"calibration size {n} requested, but the digits train split has only {available} "
+                             f"images (use --calib-size {available} or fewer)")
         return calibration_batch(n, seed=seed)
     from repq_hw.data.imagefolder import timm_eval_loader
 
     ds = timm_eval_loader(data, model).dataset
+    if n > len(ds):
+        raise InputError(f"calibration size {n} requested, but the image folder {data} has only {len(ds)} "
+                         f"images (use --calib-size {len(ds)} or fewer, or a larger --calib-data folder)")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n].tolist()
     return torch.stack([ds[i][0] for i in idx])
@@ -54,11 +75,12 @@ def calibration_images(model: torch.nn.Module, model_name: str, data: str | None
 def eval_batches(model: torch.nn.Module, model_name: str, data: str | None, batch_size: int = 100,
                  limit: int | None = None):
     """(iterable of (images, labels), number of batches) for evaluation."""
-    data = _check_data(model_name, data)
-    if data == DIGITS:
-        from repq_hw.data.digits import load_digits_split
+    data = data if data in DIGITS_EVAL_ONLY else _check_data(model_name, data)
+    if data in (DIGITS, *DIGITS_EVAL_ONLY):
+        from repq_hw.data import digits, mnist
 
-        x, y = load_digits_split("test")
+        x, y = {DIGITS: lambda: digits.load_digits_split("test"), MNIST_DIGITS: mnist.load_mnist_as_digits,
+                DIGITS_MNIST: mnist.load_digits_and_mnist}[data]()
         if limit is not None:
             x, y = x[:limit], y[:limit]
         return list(batches(x, y, batch_size)), (len(x) + batch_size - 1) // batch_size
@@ -73,14 +95,22 @@ class CalibrationResult:
     model: torch.nn.Module
     cfg: QuantConfig
     seconds: float
+    n_images: int = 0  # calibration images actually used
+    float_env: dict | None = None  # repq_hw.float_env.check("calibrate"): the float mode of the calibration
 
 
 def calibrate_model(float_model: torch.nn.Module, images: torch.Tensor, cfg: QuantConfig,
                     progress: bool = True) -> CalibrationResult:
     """Calibrate a copy of float_model (the float model is left untouched)."""
+    env = float_env.check("calibrate")
     t0 = time.perf_counter()
     q = build_calibrated(copy.deepcopy(float_model), images, cfg, progress=progress)
-    return CalibrationResult(q, cfg, time.perf_counter() - t0)
+    return CalibrationResult(q, cfg, time.perf_counter() - t0, int(images.shape[0]), env)
+
+
+def _accuracy_record(acc: Accuracy) -> dict:
+    """An Accuracy as quant.json holds it: non-finite values (a model computing NaN) become null."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in acc.__dict__.items()}
 
 
 def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = None, pretrained: bool = False,
@@ -98,12 +128,14 @@ def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = No
         summary["float"], _ = evaluate(model, batches_, "float", progress, n)
         summary["quant"], _ = evaluate(res.model, batches_, cfg.label, progress, n)
     if out_dir is not None:
-        extra = {"calibration": {"data": calib_data or data or default_data(model_name), "n": calib_size,
+        # what was used, not what was asked for: the number of images in the batch, the weights' source
+        # (and the source the images came from: an evaluation-only set calibrates on the digits train split)
+        extra = {"calibration": {"data": _check_data(model_name, calib_data or data), "n": res.n_images,
                                  "seed": seed, "seconds": round(res.seconds, 3)},
-                 "checkpoint": str(checkpoint) if checkpoint else None}
+                 "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": bool(pretrained)}
         if evaluate_acc:
-            extra["accuracy"] = {k: summary[k].__dict__ for k in ("float", "quant")}
-        save_calibrated(res.model, cfg, model_config(model_name), out_dir, extra)
+            extra["accuracy"] = {k: _accuracy_record(summary[k]) for k in ("float", "quant")}
+        save_calibrated(res.model, cfg, model_config(model_name), out_dir, extra, float_env=res.float_env)
         summary["out_dir"] = Path(out_dir)
     return summary
 
@@ -145,12 +177,22 @@ def ablation_markdown(model_name: str, rows: list[tuple[str, str, Accuracy]]) ->
 
 
 def lower_calibrated(qmodel: torch.nn.Module, cfg: QuantConfig, model_name: str, calib: torch.Tensor,
-                     lcfg=None, out_dir: str | Path | None = None):
-    """Lower a calibrated ViT/DeiT to the integer IR; optionally save it (graph.json + constants.npz)."""
+                     lcfg=None, out_dir: str | Path | None = None, calib_float_env: dict | None = None):
+    """Lower a calibrated ViT/DeiT to the integer IR; optionally save it (graph.json + constants.npz).
+
+    The lowering runs float forwards too (residual and GELU-input ranges), so the IR is reproducible only
+    if both this process and the calibration ran in the reproducible float mode: ``calib_float_env`` is
+    the calibration's record (quant.json's ``float_env``) when it ran elsewhere; None means this process.
+    ``graph.meta["float_env"]`` keeps only the CPU-independent part: ``reproducible`` and ``mode``."""
     from repq_hw.ir.graph import save_graph
     from repq_hw.lower.vit import LowerConfig, lower_vit
 
-    g = lower_vit(qmodel, cfg, calib, lcfg or LowerConfig(), meta={"model": model_name})
+    now = float_env.check("lower")
+    reproducible = bool(now["reproducible"])
+    if calib_float_env is not None:
+        reproducible = reproducible and calib_float_env.get("reproducible") is True
+    env = {"reproducible": reproducible, "mode": now["mode"]}
+    g = lower_vit(qmodel, cfg, calib, lcfg or LowerConfig(), meta={"model": model_name, "float_env": env})
     if out_dir is not None:
         save_graph(g, out_dir)
     return g
@@ -167,7 +209,8 @@ def run_lower(calibrated_dir: str | Path, out_dir: str | Path, data: str | None 
     cal = meta.get("calibration", {})
     data = data or cal.get("data") or default_data(name)
     calib = calibration_images(q, name, data, cal.get("n", calib_size), cal.get("seed", seed))
-    return lower_calibrated(q, cfg, name, calib, out_dir=out_dir)
+    return lower_calibrated(q, cfg, name, calib, out_dir=out_dir,
+                            calib_float_env=meta.get("float_env") or {"reproducible": False})
 
 
 def run_fidelity(model_name: str, configs: list[QuantConfig], data: str | None = None,
@@ -191,10 +234,33 @@ def run_fidelity(model_name: str, configs: list[QuantConfig], data: str | None =
 
 def host_input_codes(g, images: np.ndarray) -> np.ndarray:
     """Host-side preprocessing: float images -> the graph input's codes, as the fake-quant input quantizer
-    computes them (float32 division, round half to even, zero point, clamp)."""
-    info = g.tensors[g.inputs[0]]
+    computes them (float32 division, round half to even, zero point, clamp).
+
+    Raises InputError for images that are not a real-valued array, that hold a NaN or an infinity (naming
+    the input tensor and the first bad index), or for a graph input without a finite positive scale.
+    Finite values beyond the input range clamp, as the fake-quant quantizer does."""
+    from repq_hw.errors import InputError
+
+    name = g.inputs[0]
+    info = g.tensors[name]
     t = info.type
-    x = np.asarray(images, dtype=np.float32) / np.float32(info.scale)
+    scale = info.scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+        raise InputError(f"graph input {name!r}: quantizing float images needs a finite positive scalar "
+                         f"scale, the graph has {scale!r}")
+    try:
+        raw = np.asarray(images)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"images for input {name!r}: not an array ({e})") from None
+    if raw.dtype.kind not in "fiu":
+        raise InputError(f"images for input {name!r}: expected a real-valued (float) array, got dtype {raw.dtype}")
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        i = tuple(int(v) for v in np.unravel_index(int(np.flatnonzero(bad)[0]), raw.shape))
+        raise InputError(f"images for input {name!r}: non-finite value {raw[i]} at index {list(i)} "
+                         f"({int(bad.sum())} non-finite in all)")
+    with np.errstate(over="ignore"):  # a finite value beyond float32 or the code range clamps
+        x = raw.astype(np.float32) / np.float32(scale)
     codes = np.clip(np.round(x) + info.zero_point, t.min, t.max)
     return codes.astype(t.storage)
 

@@ -7,6 +7,12 @@ the taps that golden vectors and the fidelity report read.
 
 Shapes in the graph are per image; here every array has a leading batch axis B. No op mixes images, so an
 image's results do not depend on the batch it is in.
+
+Every call checks its arguments (inputs: numpy integer arrays of the declared per-image shape, values inside
+the declared type) and runs the validator's structural checks (``validate_graph(g, deep=False)``), so a
+graph built in memory without the validator is refused the same way a file is.  Wherever a kernel takes a
+narrower dtype than the array it is given, the executor narrows through :func:`_cast`, which refuses a value
+that does not fit: no executor path wraps a value silently.
 """
 
 from __future__ import annotations
@@ -15,11 +21,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from repq_hw.errors import InputError
 from repq_hw.ir.graph import Graph, Node
 from repq_hw.ir.ops import Op
+from repq_hw.ir.validate import IRValidationError, validate_graph
 from repq_hw.kernels import KERNELS
 
 BACKENDS = ("ref", "fast")
+
+
+class InputTypeError(InputError, TypeError):
+    """An emulator input of the wrong kind (not a numpy integer array, not a dict of them)."""
 
 
 def _kernel(name: str, backend: str) -> Callable:
@@ -27,15 +39,42 @@ def _kernel(name: str, backend: str) -> Callable:
 
 
 def _check_input(g: Graph, name: str, x: np.ndarray) -> np.ndarray:
+    """A graph input as its storage dtype, or InputError: only numpy integer arrays are accepted (no lists,
+    no torch tensors, no bool or float arrays), of shape [B >= 1, *declared shape], every value inside the
+    declared type (no clipping, no wrap)."""
     t = g.tensors[name].type
-    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iu":
-        raise TypeError(f"input {name!r}: expected an integer numpy array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    want = f"[B, {', '.join(map(str, t.shape))}] integer numpy array with values in {t.name} [{t.min}, {t.max}]"
+    if not isinstance(x, np.ndarray):
+        kind = f"{type(x).__module__}.{type(x).__name__}"
+        hint = " (convert with .numpy())" if type(x).__module__.startswith("torch") else ""
+        raise InputTypeError(f"input {name!r}: expected an integer numpy array ({want}), got {kind}{hint}")
+    if x.dtype.kind not in "iu":
+        raise InputTypeError(f"input {name!r}: expected an integer numpy array ({want}), got dtype {x.dtype}")
     if x.ndim != len(t.shape) + 1 or tuple(x.shape[1:]) != t.shape:
-        raise ValueError(f"input {name!r}: expected shape [B, {', '.join(map(str, t.shape))}], got {list(x.shape)}")
-    if x.size and (x.min() < t.min or x.max() > t.max):
-        raise ValueError(f"input {name!r}: values [{x.min()}, {x.max()}] outside {t.name}")
+        raise InputError(f"input {name!r}: expected shape [B, {', '.join(map(str, t.shape))}], got {list(x.shape)}")
+    if x.shape[0] < 1:
+        raise InputError(f"input {name!r}: empty batch (shape {list(x.shape)}); B must be >= 1")
+    lo, hi = int(x.min()), int(x.max())
+    if lo < t.min or hi > t.max:
+        bad = int(np.flatnonzero((x < t.min) | (x > t.max))[0])
+        raise InputError(f"input {name!r}: values [{lo}, {hi}] outside {t.name} [{t.min}, {t.max}] (first at "
+                         f"index {tuple(int(i) for i in np.unravel_index(bad, x.shape))}: {int(x.reshape(-1)[bad])}); codes are never "
+                         "clipped or wrapped")
     return x.astype(t.storage)
+
+
+def _cast(node: Node, what: str, x: np.ndarray, dtype) -> np.ndarray:
+    """x as dtype, refusing (never wrapping) a value that does not fit."""
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if not np.can_cast(x.dtype, dtype, "safe"):
+        info = np.iinfo(dtype)
+        lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        if lo < info.min or hi > info.max:
+            raise IRValidationError(f"node {node.name!r} ({node.op.value}): {what} values [{lo}, {hi}] do not fit "
+                                    f"the {dtype} its kernel takes; refusing to wrap them")
+    return x.astype(dtype)
 
 
 def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.ndarray:
@@ -47,20 +86,20 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
     B = x.shape[0]
     if op == Op.GEMM:
         m, k = x.shape[1:]
-        y = _kernel("gemm_zp", backend)(x.reshape(B * m, k).astype(np.uint8), int(a["a_zp"]),
+        y = _kernel("gemm_zp", backend)(_cast(node, "input", x, np.uint8).reshape(B * m, k), int(a["a_zp"]),
                                         g.const(node, "weight"), g.const(node, "w_zp"), g.const(node, "bias"))
         return y.reshape(B, m, -1)
     if op == Op.BMM_QK:
         h, n, d = x.shape[1:]
         k = args[1]
-        y = _kernel("bmm_zp", backend)(x.reshape(B * h, n, d).astype(np.uint8), int(a["q_zp"]),
-                                       k.reshape(B * h, k.shape[2], d).astype(np.uint8), int(a["k_zp"]))
+        y = _kernel("bmm_zp", backend)(_cast(node, "q", x, np.uint8).reshape(B * h, n, d), int(a["q_zp"]),
+                                       _cast(node, "k", k, np.uint8).reshape(B * h, k.shape[2], d), int(a["k_zp"]))
         return y.reshape(B, h, n, -1)
     if op == Op.ATTN_V:
         h, n, n2 = x.shape[1:]
         v = args[1]
-        y = _kernel("attn_v_shift", backend)(x.reshape(B * h, n, n2).astype(np.uint8),
-                                             v.reshape(B * h, n2, -1).astype(np.uint8), int(a["v_zp"]),
+        y = _kernel("attn_v_shift", backend)(_cast(node, "codes", x, np.uint8).reshape(B * h, n, n2),
+                                             _cast(node, "v", v, np.uint8).reshape(B * h, n2, -1), int(a["v_zp"]),
                                              int(a["bits"]), int(a["shift_frac"]), int(a["sqrt2_frac_bits"]),
                                              a["rounding"])
         return _narrow(node, y.reshape(B, h, n, -1), out_t)
@@ -72,18 +111,18 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
     if op == Op.LAYERNORM:
         t, c = x.shape[1:]
         y = _kernel("layernorm_requant", backend)(
-            x.reshape(B * t, c).astype(np.int32), int(a["eps_q"]), int(a["frac_bits"]),
+            _cast(node, "input", x, np.int32).reshape(B * t, c), int(a["eps_q"]), int(a["frac_bits"]),
             g.const(node, "multiplier").astype(np.int64), g.const(node, "shift").astype(np.int64),
             g.const(node, "offset").astype(np.int64), int(a["zero_point"]), out_t.min, out_t.max, a["rounding"])
-        return y.reshape(B, t, c).astype(out_t.storage)
+        return _narrow(node, y.reshape(B, t, c), out_t)
     if op == Op.SOFTMAX:
-        y = _kernel("softmax", backend)(x.astype(np.int32), int(a["multiplier"]), int(a["shift"]),
+        y = _kernel("softmax", backend)(_cast(node, "input", x, np.int32), int(a["multiplier"]), int(a["shift"]),
                                         int(a["frac_bits"]), int(a["lut_bits"]), int(a["out_bits"]), a["rounding"])
-        return y.astype(out_t.storage)
+        return _narrow(node, y, out_t)
     if op == Op.LOG2_CODE:
-        return _kernel("log2_code", backend)(x, g.const(node, "thresholds"), int(a["bits"])).astype(out_t.storage)
+        return _narrow(node, _kernel("log2_code", backend)(x, g.const(node, "thresholds"), int(a["bits"])), out_t)
     if op == Op.LUT:
-        return _kernel("lut_lookup", backend)(x, g.const(node, "table"), int(a["in_min"])).astype(out_t.storage)
+        return _narrow(node, _kernel("lut_lookup", backend)(x, g.const(node, "table"), int(a["in_min"])), out_t)
     if op == Op.ADD:
         s = x.astype(np.int64) + args[1].astype(np.int64)
         return np.clip(s, out_t.min, out_t.max).astype(out_t.storage)
@@ -96,7 +135,8 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
         y = x.reshape(B, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 1, 3, 5)  # B, gh, gw, c, ky, kx
         return np.ascontiguousarray(y.reshape(B, (hh // p) * (ww // p), c * p * p))
     if op == Op.CONCAT_TOKENS:
-        rows = np.broadcast_to(g.const(node, "rows").astype(x.dtype)[None], (B, *g.const(node, "rows").shape))
+        r = _cast(node, "rows", g.const(node, "rows"), x.dtype)
+        rows = np.broadcast_to(r[None], (B, *r.shape))
         return np.concatenate([rows, x], axis=1)
     if op == Op.SLICE:
         return np.ascontiguousarray(x[..., int(a["start"]):int(a["stop"])])
@@ -124,7 +164,7 @@ def _narrow(node: Node, y: np.ndarray, t) -> np.ndarray:
     """Narrow a wide kernel result to the declared type; the validator proved it fits, so this raises if not."""
     if y.size and (y.min() < t.min or y.max() > t.max):
         raise OverflowError(f"node {node.name!r}: result [{y.min()}, {y.max()}] outside declared {t.name}")
-    return y.astype(t.storage)
+    return y.astype(t.storage, copy=False)
 
 
 def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str = "fast",
@@ -133,27 +173,44 @@ def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str
 
     Args:
         g: a validated graph.
-        inputs: {input name: [B, ...] integer array}, or the array of the single input.
+        inputs: {input name: [B, ...] numpy integer array}, or the array of the single input.  Only numpy
+            integer arrays are accepted (a list, a torch tensor, a float or bool array raises
+            InputError), with B >= 1 and every value inside the input's declared type.
         backend: "ref" (numpy references) or "fast" (Numba kernels).
         keep_all: return every tensor (taps), not only the graph outputs.
         progress: called after each node.
 
     Returns:
         {tensor name: batched array}.
+
+    Raises:
+        InputError: a bad argument or input array (InputTypeError for the wrong kind of object);
+            IRValidationError for a graph that breaks an IR rule (structure, operand types, attributes).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(g, Graph):
+        raise InputTypeError(f"expected a repq_hw Graph, got {type(g).__name__}")
+    validate_graph(g, deep=False)
+    if not isinstance(inputs, (dict, np.ndarray)):
+        if len(g.inputs) == 1:
+            _check_input(g, g.inputs[0], inputs)  # raises, naming the input and what it expects
+        raise InputTypeError(f"inputs must be a dict {{input name: numpy integer array}}, got "
+                             f"{type(inputs).__name__}")
     if isinstance(inputs, np.ndarray):
         if len(g.inputs) != 1:
-            raise ValueError(f"graph has inputs {g.inputs}; pass a dict")
+            raise InputError(f"graph has inputs {g.inputs}; pass a dict")
         inputs = {g.inputs[0]: inputs}
     missing = [n for n in g.inputs if n not in inputs]
     if missing:
-        raise ValueError(f"missing graph inputs: {missing}")
+        raise InputError(f"missing graph inputs: {missing}")
+    extra = sorted(str(n) for n in inputs if n not in g.inputs)
+    if extra:
+        raise InputError(f"unknown graph inputs: {extra} (the graph's inputs are {g.inputs})")
     env = {n: _check_input(g, n, inputs[n]) for n in g.inputs}
     batch = {v.shape[0] for v in env.values()}
     if len(batch) != 1:
-        raise ValueError(f"inputs disagree on the batch size: {sorted(batch)}")
+        raise InputError(f"inputs disagree on the batch size: {sorted(batch)}")
     last_use = {}
     for i, node in enumerate(g.nodes):
         for t in node.inputs:

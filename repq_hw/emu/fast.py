@@ -14,10 +14,20 @@
 Switches (no environment variable changes results): ``fast.ENABLED = False`` makes the ``fast`` backend
 use the plain per-op Numba kernels only; ``kernels.gemm_vnni.force_path("portable")`` forces the GEMMs
 onto the portable kernel (the plan is rebuilt when the forced path changes).
+
+The cache key covers everything a plan depends on: the forced GEMM path, a digest of the structure the
+steps read (every node's op, tensors, attributes and constant roles; every tensor's type) and the content
+of every constant (dtype, shape and a CRC-32 of its bytes, about 3 ms per 20 MB).  Graph constants are
+read-only arrays (``ir.graph.ConstantStore``), so an in-place edit raises; one that slips past (a view
+taken before the array was stored, ``setflags(write=True)``), a replaced array or an edited attribute
+changes the key and the plan is rebuilt.  A stale plan cannot be returned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -39,8 +49,8 @@ _UNBUILT = object()
 class Plan:
     """One step per node (None = run ``execute.run_node``), plus what the packing cost."""
 
-    def __init__(self, g: Graph, lazy: bool = True):
-        self.key = _key(g)
+    def __init__(self, g: Graph, lazy: bool = True, key: tuple | None = None):
+        self.key = _key(g) if key is None else key
         self._g = g
         self._steps: list = [_UNBUILT] * len(g.nodes)
         if not lazy:
@@ -70,19 +80,30 @@ class Plan:
         return {s.node: s.path for s in self.steps if isinstance(s, _Gemm)}
 
 
+def _json_default(o):
+    return f"{type(o).__name__}:{o!r}"
+
+
 def _key(g: Graph) -> tuple:
-    # identity of every constant array and of the node list, and the forced GEMM path: a graph whose
-    # constants were replaced, or a different forced path, gets a new plan
-    return (G.FORCE_PATH, tuple(id(n) for n in g.nodes), tuple(id(v) for v in g.constants.values()))
+    """What a plan depends on: the forced GEMM path, the structure (nodes and tensor types) and the content
+    of every constant.  Computed on every ``prepare``: a plan can never be stale."""
+    h = hashlib.sha256()
+    nodes = [[n.name, getattr(n.op, "value", n.op), n.inputs, n.outputs, n.attrs, n.consts] for n in g.nodes]
+    types = [[k, t.type.name, t.type.shape] for k, t in g.tensors.items()]
+    h.update(json.dumps([nodes, types], sort_keys=True, default=_json_default).encode())
+    consts = tuple((k, a.dtype.str, a.shape, zlib.crc32(np.ascontiguousarray(a)))
+                   for k, a in sorted(g.constants.items()))
+    return (G.FORCE_PATH, h.hexdigest(), consts)
 
 
 def prepare(g: Graph, eager: bool = False) -> Plan:
-    """The cached plan of ``g`` (rebuilt if its nodes/constants or the forced path changed).  Each node's
-    step (e.g. a GEMM's packing) is built on its first use, or all at once with ``eager``.  Arrays are
-    not copied: mutating a constant array in place after preparing is not seen."""
+    """The cached plan of ``g``, rebuilt when anything it depends on changed (its key: the forced path,
+    the structure, every constant's content).  Each node's step (e.g. a GEMM's packing) is built on its
+    first use, or all at once with ``eager``."""
     plan = g.__dict__.get(_ATTR)
-    if plan is None or plan.key != _key(g):
-        plan = Plan(g)
+    key = _key(g)
+    if plan is None or plan.key != key:
+        plan = Plan(g, key=key)
         g.__dict__[_ATTR] = plan
     return plan.build_all() if eager else plan
 

@@ -113,8 +113,9 @@ def test_constant_outside_declared_width(tmp_path):
     node = next(n for n in g.nodes if n.op == Op.GEMM)
     name = node.consts["weight"]
     orig = g.constants[name]
-    g.constants[name] = orig.copy()
-    g.constants[name][0, 0] = 200  # declared uint4 for W4
+    bad = orig.copy()
+    bad[0, 0] = 200  # declared uint4 for W4
+    g.constants[name] = bad  # constants are read-only: replace, never edit in place
     try:
         with pytest.raises(IRValidationError, match=name):
             validate_graph(g)
