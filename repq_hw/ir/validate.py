@@ -337,6 +337,13 @@ def _check_node(g: Graph, node: Node, deep: bool = True) -> None:
             _fail(node, f"lut must have 2^frac_bits = {1 << int(a['frac_bits'])} entries, got {lut.shape}")
         if int(a["lut_bits"]) + int(a["out_bits"]) > 62:
             _fail(node, "lut_bits + out_bits must be <= 62")
+        # the executors rebuild the table from (frac_bits, lut_bits); the stored copy is what an RTL ROM
+        # loads, so it must be exactly that table (a tampered ROM image must not pass unnoticed)
+        from repq_hw.kernels.softmax import exp2_lut
+
+        if not np.array_equal(np.asarray(lut, dtype=np.int64),
+                              exp2_lut(int(a["frac_bits"]), int(a["lut_bits"])).astype(np.int64)):
+            _fail(node, "constant 'lut' differs from exp2_lut(frac_bits, lut_bits) (docs/ops/softmax.md)")
         _fits64(node, 2 * absmax(x) * int(a["multiplier"]), "(x - max) * multiplier")
         if out.max < 1 << int(a["out_bits"]):
             _fail(node, f"output {out.name} cannot hold 2^out_bits = {1 << int(a['out_bits'])}")

@@ -551,3 +551,17 @@ def test_copies_of_a_graph_keep_read_only_constants():
         assert g2.hash() == g.hash()
     g.constants = {k: v.copy() for k, v in g.constants.items()}  # even a plain dict assigned wholesale
     assert not g.constants["mm.weight"].flags.writeable
+
+
+def test_tampered_softmax_table_is_refused():
+    """The executors rebuild the exp2 table from the attributes; the stored copy is the RTL's ROM image,
+    so a table that differs from the attributes' table by one LSB is refused, not silently ignored."""
+    g = load_graph(GOLDEN_IR)
+    validate_graph(g)
+    node = next(n for n in g.nodes if n.op == Op.SOFTMAX)
+    name = node.consts["lut"]
+    bad = g.constants[name].copy()
+    bad[3] += 1
+    g.constants[name] = bad
+    with pytest.raises(IRValidationError, match="'lut' differs from exp2_lut"):
+        validate_graph(g)
