@@ -11,6 +11,8 @@ torch side lazily to calibrate a model or preprocess the digits images.
 
 from repq_hw.golden.model import (
     COMMITTED_SETS,
+    SetComparison,
+    compare_sets,
     digits_inputs,
     regenerate_committed,
     replay_hint,
@@ -36,8 +38,10 @@ __all__ = [
     "GoldenSet",
     "Mismatch",
     "Selection",
+    "SetComparison",
     "VerifyReport",
     "build_set",
+    "compare_sets",
     "digits_inputs",
     "ir_files",
     "manifest_schema",

@@ -13,16 +13,35 @@ import argparse
 import sys
 from pathlib import Path
 
+from repq_hw.argtypes import bits, nonneg_int, positive_int
+
+_TENSOR_FORMATS = ("npy", "hex", "bin")
+_CONST_FORMATS = ("npy", "hex", "bin", "coe", "mif")
+
 
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
 def _ints(s: str) -> list[int]:
-    try:
-        return [int(x) for x in _csv(s)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    """Comma-separated image indices (integers >= 0), at least one."""
+    items = _csv(s)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image indices such as 0,5,7, got {s!r}")
+    return [nonneg_int(x) for x in items]
+
+
+def _formats_of(known: tuple[str, ...]):
+    def parse(s: str) -> tuple[str, ...]:
+        items = _csv(s)
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated formats from {','.join(known)}, got {s!r}")
+        bad = [x for x in items if x not in known]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown format(s) {','.join(bad)}; known: {','.join(known)}")
+        return items
+
+    return parse
 
 
 def register(subparsers) -> None:
@@ -38,14 +57,14 @@ def register(subparsers) -> None:
     src = p.add_argument_group("IR source (--ir, or --model to calibrate and lower)")
     src.add_argument("--ir", help="an IR directory (graph.json + constants.npz): numpy only")
     src.add_argument("--model", help="calibrate + lower this model (torch), e.g. vit_digits")
-    src.add_argument("--bits", type=int, help="W and A bits (e.g. 4 for W4A4)")
-    src.add_argument("--w-bits", type=int)
-    src.add_argument("--a-bits", type=int)
-    src.add_argument("--seed", type=int, help="calibration seed (recorded; default 0 with --model)")
-    src.add_argument("--calib-size", type=int, default=32)
+    src.add_argument("--bits", type=bits, help="W and A bits (e.g. 4 for W4A4)")
+    src.add_argument("--w-bits", type=bits)
+    src.add_argument("--a-bits", type=bits)
+    src.add_argument("--seed", type=nonneg_int, help="calibration seed (recorded; default 0 with --model)")
+    src.add_argument("--calib-size", type=positive_int, default=32)
     src.add_argument("--checkpoint", help="weights for --model")
     inp = p.add_argument_group("inputs (default: the first 2 digits test images)")
-    inp.add_argument("--images", type=int, help="the first N digits test images")
+    inp.add_argument("--images", type=positive_int, help="the first N digits test images")
     inp.add_argument("--image-ids", type=_ints, help="digits test image indices, e.g. 0,5,7")
     inp.add_argument("--inputs", help=".npy of graph input codes [B, ...] (integer; numpy only) or float images")
     sel = p.add_argument_group("layer selection (default: every op)")
@@ -55,11 +74,14 @@ def register(subparsers) -> None:
                      help="op type, repeatable or comma-separated (e.g. softmax,gemm)")
     sel.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="node-name glob to drop")
     fm = p.add_argument_group("formats")
-    fm.add_argument("--formats", type=_csv, default=("npy", "hex", "bin"), help="tensor formats (npy,hex,bin)")
-    fm.add_argument("--const-formats", type=_csv, default=("npy", "hex", "coe", "mif"),
+    fm.add_argument("--formats", type=_formats_of(_TENSOR_FORMATS), default=("npy", "hex", "bin"),
+                    help="tensor formats (npy,hex,bin)")
+    fm.add_argument("--const-formats", type=_formats_of(_CONST_FORMATS), default=("npy", "hex", "coe", "mif"),
                     help="constant formats (npy,hex,bin,coe,mif)")
-    fm.add_argument("--lanes", type=int, default=1, help="elements per .hex line (lane 0 = least significant)")
-    fm.add_argument("--rom-max-words", type=int, help="write .coe/.mif only for constants of at most N words")
+    fm.add_argument("--lanes", type=positive_int, default=1,
+                    help="elements per .hex line (lane 0 = least significant)")
+    fm.add_argument("--rom-max-words", type=nonneg_int,
+                    help="write .coe/.mif only for constants of at most N words")
     p.add_argument("--out", help="output directory (e.g. golden_vectors/<model>.<wXaY>.seed<seed>)")
     p.add_argument("--force", action="store_true", help="replace an existing golden set")
     p.add_argument("--backend", choices=("fast", "ref"), default="fast")
@@ -97,7 +119,7 @@ def _selection(a):
 
 def cmd_golden(a) -> int:
     from repq_hw.golden.model import replay_hint
-    from repq_hw.golden.writer import Formats, GoldenError, set_name, write_golden_set
+    from repq_hw.golden.writer import Formats, GoldenError, check_out, set_name, write_golden_set
 
     if a.ir and a.model:
         raise GoldenError("give either --ir or --model, not both")
@@ -107,6 +129,14 @@ def cmd_golden(a) -> int:
     fmts = Formats(tensors=a.formats, constants=a.const_formats, lanes=a.lanes, rom_max_words=a.rom_max_words)
     if a.inputs and (a.images or a.image_ids):
         raise GoldenError("give either --inputs or --images/--image-ids")
+    if a.images is not None and a.image_ids:
+        raise GoldenError("give either --images or --image-ids")
+    if a.ir and any(v is not None for v in (a.bits, a.w_bits, a.a_bits, a.checkpoint)):
+        raise GoldenError("--bits/--w-bits/--a-bits/--checkpoint apply to --model; an --ir IR has its bit widths")
+    if a.out:
+        check_out(Path(a.out), a.force, "--out")  # before any work: unwritable, or an existing set without --force
+    if a.inputs and not Path(a.inputs).is_file():
+        raise GoldenError(f"--inputs {a.inputs!r}: no such file")
     progress = not a.no_progress
     if a.model:
         w = a.w_bits or a.bits
@@ -123,7 +153,9 @@ def cmd_golden(a) -> int:
 
         g = load_graph(a.ir)
         model, seed = g.meta.get("model"), a.seed
+    # without --out the name comes from the IR (meta.model, bit widths): set_name makes it one safe segment
     out = Path(a.out) if a.out else Path(set_name(model or "model", g, seed))
+    check_out(out, a.force)
     if a.inputs:
         import numpy as np
 
@@ -158,8 +190,9 @@ def cmd_verify(a) -> int:
 
 
 def cmd_replay(a) -> int:
-    from repq_hw.golden.rtl import have_icarus, replay, replayable_ops
+    from repq_hw.golden.rtl import check_set, have_icarus, replay, replayable_ops
 
+    check_set(a.dir)  # a corrupt set is refused (naming the file or field) before any simulation
     ops = a.op or replayable_ops(a.dir)
     if a.list:
         print("\n".join(replayable_ops(a.dir)))
@@ -169,7 +202,7 @@ def cmd_replay(a) -> int:
         return 2
     bad = 0
     for op in ops:
-        r = replay(a.dir, op)
+        r = replay(a.dir, op, check=False)
         print(r.line(), flush=True)
         if not r.ok:
             bad += 1
@@ -184,8 +217,8 @@ def cmd_committed(a) -> int:
     if a.check:
         diffs = check_committed(root, progress=not a.no_progress)
         if diffs:
-            print(f"committed golden sets differ from a regeneration ({len(diffs)} difference(s)):")
-            for d in diffs[:20]:
+            print("committed golden sets differ from a regeneration:")
+            for d in diffs[:30]:
                 print(f"  {d}")
             return 1
         print(f"committed golden sets in {root} are byte-identical to a regeneration from their IR")

@@ -24,15 +24,19 @@ Every format stores the elements of one integer array in C (row-major) order. La
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 
 import numpy as np
 from numba import njit, prange
 
+from repq_hw.errors import InputError
+
 __all__ = [
     "CONST_FORMATS",
     "FORMATS",
     "TENSOR_FORMATS",
+    "FormatError",
     "decode",
     "encode",
     "from_words",
@@ -48,6 +52,14 @@ TENSOR_FORMATS = ("npy", "hex", "bin")
 CONST_FORMATS = ("npy", "hex", "bin", "coe", "mif")
 FORMATS = CONST_FORMATS
 
+
+
+class FormatError(InputError):
+    """Bytes that are not a valid file of the format (wrong length, bad character, bad header, value out of
+    range). Subclasses :class:`repq_hw.errors.InputError` (hence ``ValueError``); the message names the file
+    when the caller passed one (``what``)."""
+
+
 _HEXCHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -58,7 +70,7 @@ def sha256_bytes(data: bytes) -> str:
 def hex_digits(bits: int) -> int:
     """Hex digits per element of a ``bits``-wide word: ``ceil(bits / 4)``."""
     if not 1 <= int(bits) <= 64:
-        raise ValueError(f"word width must be in 1..64, got {bits}")
+        raise FormatError(f"word width must be in 1..64, got {bits}")
     return (int(bits) + 3) // 4
 
 
@@ -74,13 +86,13 @@ def to_words(values: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     """
     v = np.asarray(values)
     if v.dtype.kind not in "iu":
-        raise ValueError(f"expected an integer array, got dtype {v.dtype}")
+        raise FormatError(f"expected an integer array, got dtype {v.dtype}")
     bits = int(bits)
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     if v.size:
         vmin, vmax = int(v.min()), int(v.max())
         if vmin < lo or vmax > hi:
-            raise ValueError(f"values [{vmin}, {vmax}] outside {'int' if signed else 'uint'}{bits} [{lo}, {hi}]")
+            raise FormatError(f"values [{vmin}, {vmax}] outside {'int' if signed else 'uint'}{bits} [{lo}, {hi}]")
     if v.dtype == np.uint64:
         u = v.reshape(-1)
     else:
@@ -102,10 +114,10 @@ def from_words(words: np.ndarray, bits: int, signed: bool) -> np.ndarray:
         over = u >> np.uint64(bits)
         if over.any():
             i = int(np.flatnonzero(over)[0])
-            raise ValueError(f"word {i}: 0x{int(u[i]):x} has bits set above bit {bits - 1}")
+            raise FormatError(f"word {i}: 0x{int(u[i]):x} has bits set above bit {bits - 1}")
     if not signed:
         if bits == 64:
-            raise ValueError("uint64 words are not supported")
+            raise FormatError("uint64 words are not supported")
         return u.astype(np.int64)
     if bits == 64:
         return u.view(np.int64).copy()
@@ -152,7 +164,7 @@ def _parse_hex_chars(chars: np.ndarray, what: str) -> np.ndarray:
     val[upper] = c[upper] - 55
     if (val < 0).any():
         r, k = (int(t) for t in np.argwhere(val < 0)[0])
-        raise ValueError(f"{what}: line {r + 1}: invalid hex character {bytes([int(c[r, k])])!r}")
+        raise FormatError(f"{what}: line {r + 1}: invalid hex character {bytes([int(c[r, k])])!r}")
     out = np.zeros(c.shape[0], dtype=np.uint64)
     for k in range(c.shape[1]):
         out = (out << np.uint64(4)) | val[:, k].astype(np.uint64)
@@ -168,7 +180,7 @@ def encode_hex(values: np.ndarray, bits: int, signed: bool, lanes: int = 1) -> b
     rightmost; the last line is padded with zero lanes."""
     lanes = int(lanes)
     if lanes < 1:
-        raise ValueError(f"lanes must be >= 1, got {lanes}")
+        raise FormatError(f"lanes must be >= 1, got {lanes}")
     d = hex_digits(bits)
     w = to_words(values, bits, signed)
     n = w.shape[0]
@@ -191,16 +203,16 @@ def hex_words(data: bytes, bits: int, count: int, lanes: int = 1, what: str = "h
         lines = data.split(b"\n")
         for i, ln in enumerate(lines[:-1] if data.endswith(b"\n") else lines):
             if len(ln) != width:
-                raise ValueError(f"{what}: line {i + 1} has {len(ln)} characters, expected {width}")
-        raise ValueError(f"{what}: {len(data)} bytes, expected {nwords} lines of {width} digits")
+                raise FormatError(f"{what}: line {i + 1} has {len(ln)} characters, expected {width}")
+        raise FormatError(f"{what}: {len(data)} bytes, expected {nwords} lines of {width} digits")
     arr = np.frombuffer(data, dtype=np.uint8).reshape(nwords, width + 1)
     bad_nl = np.flatnonzero(arr[:, width] != ord("\n"))
     if bad_nl.size:
-        raise ValueError(f"{what}: line {int(bad_nl[0]) + 1} is not {width} digits followed by a newline")
+        raise FormatError(f"{what}: line {int(bad_nl[0]) + 1} is not {width} digits followed by a newline")
     chars = arr[:, :width].reshape(nwords, lanes, d)[:, ::-1, :].reshape(nwords * lanes, d)
     words = _parse_hex_chars(chars, what)
     if nwords * lanes > count and words[count:].any():
-        raise ValueError(f"{what}: padding lanes of the last line are not zero")
+        raise FormatError(f"{what}: padding lanes of the last line are not zero")
     return words[:count]
 
 
@@ -208,7 +220,7 @@ def _checked(words: np.ndarray, bits: int, signed: bool, what: str) -> np.ndarra
     try:
         return from_words(words, bits, signed)
     except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise FormatError(f"{what}: {e}") from None
 
 
 def decode_hex(data: bytes, bits: int, signed: bool, count: int, lanes: int = 1, what: str = "hex") -> np.ndarray:
@@ -237,7 +249,7 @@ def npy_bytes(values: np.ndarray, dtype) -> bytes:
     header = header + " " * pad + "\n"
     hlen = len(header)
     if hlen > 65535:
-        raise ValueError("npy header too long")
+        raise FormatError("npy header too long")
     return b"\x93NUMPY\x01\x00" + hlen.to_bytes(2, "little") + header.encode("latin1") + a.tobytes()
 
 
@@ -247,18 +259,18 @@ _NPY_HEADER = re.compile(r"^\{'descr': '([<>|][iu][1248])', 'fortran_order': Fal
 def parse_npy(data: bytes, what: str = "npy") -> np.ndarray:
     """Read NPY 1.0 bytes without pickle (integer dtypes, C order only)."""
     if data[:8] != b"\x93NUMPY\x01\x00":
-        raise ValueError(f"{what}: not an NPY 1.0 file")
+        raise FormatError(f"{what}: not an NPY 1.0 file")
     hlen = int.from_bytes(data[8:10], "little")
     header = data[10:10 + hlen].decode("latin1")
     m = _NPY_HEADER.match(header)
     if not m:
-        raise ValueError(f"{what}: unsupported NPY header {header.strip()!r}")
+        raise FormatError(f"{what}: unsupported NPY header {header.strip()!r}")
     dt = np.dtype(m.group(1))
     shape = tuple(int(s) for s in m.group(2).replace(" ", "").split(",") if s)
     body = data[10 + hlen:]
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)  # exact: a hostile header cannot overflow it
     if len(body) != n * dt.itemsize:
-        raise ValueError(f"{what}: payload has {len(body)} bytes, expected {n * dt.itemsize}")
+        raise FormatError(f"{what}: payload has {len(body)} bytes, expected {n * dt.itemsize}")
     return np.frombuffer(body, dtype=dt).reshape(shape)
 
 
@@ -269,7 +281,7 @@ def encode_bin(values: np.ndarray, dtype) -> bytes:
 def decode_bin(data: bytes, dtype, count: int, what: str = "bin") -> np.ndarray:
     dt = np.dtype(dtype).newbyteorder("<")
     if len(data) != int(count) * dt.itemsize:
-        raise ValueError(f"{what}: {len(data)} bytes, expected {count} x {dt.itemsize}")
+        raise FormatError(f"{what}: {len(data)} bytes, expected {count} x {dt.itemsize}")
     return np.frombuffer(data, dtype=dt).astype(np.int64)
 
 
@@ -293,19 +305,22 @@ def encode_coe(values: np.ndarray, bits: int, signed: bool, title: str) -> bytes
 
 
 def coe_words(data: bytes, bits: int, count: int, what: str = "coe") -> np.ndarray:
-    text = data.decode("ascii")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what}: byte {e.start} is not ASCII") from None
     body = [ln for ln in text.split("\n") if ln and not ln.startswith(";")]
     if len(body) < 2 or body[0] != "memory_initialization_radix=16;" or body[1] != "memory_initialization_vector=":
-        raise ValueError(f"{what}: missing radix / vector header")
+        raise FormatError(f"{what}: missing radix / vector header")
     vec = "".join(body[2:])
     if not vec.endswith(";"):
-        raise ValueError(f"{what}: vector does not end with ';'")
+        raise FormatError(f"{what}: vector does not end with ';'")
     toks = vec[:-1].split(",") if vec[:-1] else []
     if len(toks) != int(count):
-        raise ValueError(f"{what}: {len(toks)} words, expected {count}")
+        raise FormatError(f"{what}: {len(toks)} words, expected {count}")
     d = hex_digits(bits)
     if any(len(t) != d for t in toks):
-        raise ValueError(f"{what}: every word must have {d} hex digits")
+        raise FormatError(f"{what}: every word must have {d} hex digits")
     chars = np.frombuffer("".join(toks).encode(), dtype=np.uint8).reshape(len(toks), d)
     return _parse_hex_chars(chars, what)
 
@@ -341,23 +356,23 @@ def mif_words(data: bytes, bits: int, count: int, what: str = "mif") -> np.ndarr
     want = (f"WIDTH={bits};\nDEPTH={count};\nADDRESS_RADIX=HEX;\nDATA_RADIX=HEX;\nCONTENT BEGIN\n").encode()
     nl = data.find(b"\n")
     if not data.startswith(b"--") or data[nl + 1:nl + 1 + len(want)] != want or not data.endswith(b"END;\n"):
-        raise ValueError(f"{what}: header must be WIDTH={bits}; DEPTH={count}; ADDRESS_RADIX=HEX; DATA_RADIX=HEX; "
+        raise FormatError(f"{what}: header must be WIDTH={bits}; DEPTH={count}; ADDRESS_RADIX=HEX; DATA_RADIX=HEX; "
                          "CONTENT BEGIN, and the file must end with END;")
     body = data[nl + 1 + len(want):len(data) - 5]
     a = _mif_addr_digits(count)
     width = a + 3 + d + 2
     if len(body) != count * width:
-        raise ValueError(f"{what}: {len(body)} content bytes, expected {count} lines of '<{a} digits> : <{d} digits>;'")
+        raise FormatError(f"{what}: {len(body)} content bytes, expected {count} lines of '<{a} digits> : <{d} digits>;'")
     if count == 0:
         return np.zeros(0, dtype=np.uint64)
     arr = np.frombuffer(body, dtype=np.uint8).reshape(count, width)
     if (arr[:, a:a + 3] != np.frombuffer(b" : ", dtype=np.uint8)).any() or \
             (arr[:, a + 3 + d:] != np.frombuffer(b";\n", dtype=np.uint8)).any():
-        raise ValueError(f"{what}: a line is not '<address> : <word>;'")
+        raise FormatError(f"{what}: a line is not '<address> : <word>;'")
     addr = _parse_hex_chars(arr[:, :a], what)
     bad = np.flatnonzero(addr != np.arange(count, dtype=np.uint64))
     if bad.size:
-        raise ValueError(f"{what}: line {int(bad[0]) + 1} has address {int(addr[bad[0]]):x}, expected {int(bad[0]):x}")
+        raise FormatError(f"{what}: line {int(bad[0]) + 1} has address {int(addr[bad[0]]):x}, expected {int(bad[0]):x}")
     return _parse_hex_chars(arr[:, a + 3:a + 3 + d], what)
 
 
@@ -382,7 +397,7 @@ def encode(fmt: str, values: np.ndarray, *, bits: int, signed: bool, dtype, lane
         return encode_coe(values, bits, signed, title)
     if fmt == "mif":
         return encode_mif(values, bits, signed, title)
-    raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
 def text_words(fmt: str, data: bytes, *, bits: int, count: int, lanes: int = 1, what: str = "") -> np.ndarray:
@@ -394,21 +409,21 @@ def text_words(fmt: str, data: bytes, *, bits: int, count: int, lanes: int = 1, 
         return coe_words(data, bits, count, what)
     if fmt == "mif":
         return mif_words(data, bits, count, what)
-    raise ValueError(f"{fmt!r} is not a text format")
+    raise FormatError(f"{fmt!r} is not a text format")
 
 
 def decode(fmt: str, data: bytes, *, bits: int, signed: bool, dtype, shape, lanes: int = 1,
            what: str = "") -> np.ndarray:
     """Inverse of :func:`encode`: int64 array of ``shape`` (the npy header's shape must equal it)."""
     shape = tuple(int(s) for s in shape)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact (python ints): a hostile shape cannot overflow it
     what = what or fmt
     if fmt == "npy":
         a = parse_npy(data, what)
         if a.shape != shape:
-            raise ValueError(f"{what}: shape {a.shape}, expected {shape}")
+            raise FormatError(f"{what}: shape {a.shape}, expected {shape}")
         if a.dtype != np.dtype(dtype).newbyteorder("<"):
-            raise ValueError(f"{what}: dtype {a.dtype}, expected {np.dtype(dtype)}")
+            raise FormatError(f"{what}: dtype {a.dtype}, expected {np.dtype(dtype)}")
         return a.astype(np.int64)
     if fmt == "hex":
         flat = decode_hex(data, bits, signed, count, lanes, what)
@@ -419,5 +434,5 @@ def decode(fmt: str, data: bytes, *, bits: int, signed: bool, dtype, shape, lane
     elif fmt == "mif":
         flat = decode_mif(data, bits, signed, count, what)
     else:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     return flat.reshape(shape)

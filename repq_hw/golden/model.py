@@ -8,7 +8,15 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repq_hw.golden.writer import Formats, GoldenError, Selection, write_golden_set
+from repq_hw.golden.writer import (
+    MANIFEST,
+    PROVENANCE,
+    Formats,
+    GoldenError,
+    Selection,
+    check_out,
+    write_golden_set,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_ROOT = REPO_ROOT / "golden_vectors"
@@ -92,26 +100,30 @@ def write_for_model(model: str, w_bits: int, a_bits: int, out: str | Path, *, im
                     image_ids: list[int] | None = None, seed: int = 0, calib_size: int = 32,
                     checkpoint: str | None = None, selection: Selection = ALL_OPS,
                     formats: Formats = DEFAULT_FORMATS, force: bool = False, backend: str = "fast",
-                    progress: bool = True) -> Path:
-    """Calibrate + lower ``model`` at WxAy and write a golden set on digits test images."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise GoldenError(f"{out} exists; pass --force to replace it (golden sets are never overwritten silently)")
+                    progress: bool = True, float_env: dict | None = None) -> Path:
+    """Calibrate + lower ``model`` at WxAy and write a golden set on digits test images.
+
+    ``float_env``: the float-environment record of this process (``repq_hw.float_env.record()``), written
+    to ``provenance.json``; the caller on the torch side passes it (this module never imports torch itself)."""
+    out = check_out(out, force)  # before calibrating
     g = lower_model(model, w_bits, a_bits, seed, calib_size, checkpoint)
     codes, ids = digits_inputs(g, images, image_ids)
     return write_golden_set(g, codes, out, input_ids=ids, model=model, seed=seed, selection=selection,
                             formats=formats, force=force, backend=backend, progress=progress,
-                            input_source="digits test split (repq_hw.data.digits), host-quantized")
+                            input_source="digits test split (repq_hw.data.digits), host-quantized",
+                            float_env=float_env)
 
 
 def regenerate_committed(out_root: str | Path = GOLDEN_ROOT, *, from_ir: str | Path | None = None,
                          specs: tuple[CommittedSpec, ...] = COMMITTED_SETS, force: bool = False,
-                         backend: str = "fast", progress: bool = True) -> list[Path]:
+                         backend: str = "fast", progress: bool = True,
+                         float_env: dict | None = None) -> list[Path]:
     """Write the committed sample sets under ``out_root`` and its ``SHA256SUMS``.
 
     ``from_ir``: a folder holding existing sets (e.g. ``golden_vectors``): each set is rebuilt from its
     stored IR and input codes (numpy only, no calibration) -- this is what the byte-equality test runs.
-    Without it, each model is calibrated and lowered from scratch (torch).
+    Without it, each model is calibrated and lowered from scratch (torch); ``float_env`` (the record of
+    the calibrating process) then goes into each set's ``provenance.json``.
     """
     from repq_hw.golden.reader import GoldenSet
 
@@ -120,7 +132,8 @@ def regenerate_committed(out_root: str | Path = GOLDEN_ROOT, *, from_ir: str | P
     for spec in specs:
         out = out_root / spec.name
         if from_ir is not None:
-            src = GoldenSet(Path(from_ir) / spec.name)
+            # not schema-validated: a set of an older manifest layout can be rebuilt into the current one
+            src = GoldenSet(Path(from_ir) / spec.name, validate=False)
             m = src.manifest
             p = write_golden_set(src.graph(), src.input_codes(), out, input_ids=m["inputs"]["ids"],
                                  model=m["model"], seed=m["seed"], selection=spec.selection, formats=spec.formats,
@@ -128,7 +141,7 @@ def regenerate_committed(out_root: str | Path = GOLDEN_ROOT, *, from_ir: str | P
         else:
             p = write_for_model(spec.model, spec.bits, spec.bits, out, images=spec.images, seed=spec.seed,
                                 calib_size=spec.calib_size, selection=spec.selection, formats=spec.formats,
-                                force=force, backend=backend, progress=progress)
+                                force=force, backend=backend, progress=progress, float_env=float_env)
         paths.append(p)
     write_hash_file(out_root, [s.name for s in specs])
     return paths
@@ -151,10 +164,124 @@ def compare_trees(a: str | Path, b: str | Path, names: list[str]) -> list[str]:
     return diffs
 
 
+@dataclass
+class SetComparison:
+    """Byte comparison of two golden sets, with the reasons they may legitimately differ."""
+
+    a: Path
+    b: Path
+    differences: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    """Why the sets may differ (float modes, torch versions, IR hashes); filled only when they differ."""
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def lines(self, limit: int = 20) -> list[str]:
+        """Reasons first (``why: ...``), then at most ``limit`` byte differences."""
+        out = [f"why: {r}" for r in self.reasons]
+        out += self.differences[:limit]
+        if len(self.differences) > limit:
+            out.append(f"... and {len(self.differences) - limit} more difference(s)")
+        return out
+
+    def text(self) -> str:
+        if self.identical:
+            return f"{self.a} and {self.b} are byte-identical (provenance.json excluded)"
+        return "\n".join([f"{self.a} and {self.b} differ ({len(self.differences)} difference(s)):"]
+                         + [f"  {ln}" for ln in self.lines()])
+
+
+def _set_facts(d: Path) -> dict:
+    """What a set says about how its floats were made: manifest ``reproducible``, the IR's float mode,
+    the provenance's torch version / float record, the IR hash. Unreadable parts are None."""
+    import json
+
+    facts = {"reproducible": None, "mode": None, "torch": None, "float_record": False, "ir_hash": None}
+    try:
+        m = json.loads((d / MANIFEST).read_text())
+        if isinstance(m, dict):
+            facts["reproducible"] = m.get("reproducible") is True
+            facts["ir_hash"] = (m.get("ir") or {}).get("hash") if isinstance(m.get("ir"), dict) else None
+    except (OSError, ValueError):
+        pass
+    try:
+        meta = json.loads((d / "ir" / "graph.json").read_text()).get("meta", {})
+        fe = meta.get("float_env") if isinstance(meta, dict) else None
+        if isinstance(fe, dict) and isinstance(fe.get("mode"), str):
+            facts["mode"] = fe["mode"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        p = json.loads((d / PROVENANCE).read_text())
+        fe = p.get("float_env") if isinstance(p, dict) else None
+        if isinstance(fe, dict):
+            facts["float_record"] = True
+            facts["torch"] = fe.get("torch")
+            facts["mode"] = facts["mode"] or fe.get("mode")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return facts
+
+
+def compare_sets(a: str | Path, b: str | Path, labels: tuple[str, str] = ("A", "B")) -> SetComparison:
+    """Compare two golden sets byte for byte (``provenance.json`` excluded) and, when they differ, say why
+    they may: a set made in fast-float mode or without a float record (``reproducible: false``: its
+    float-derived constants depend on the CPU), different torch versions in the provenance, or different
+    IR hashes (then the integer IRs themselves differ; with the same IR hash the difference is in the
+    writer or the emulator, not in floats)."""
+    a, b = Path(a), Path(b)
+    rep = SetComparison(a, b)
+    for d, lab in ((a, labels[0]), (b, labels[1])):
+        if not (d / MANIFEST).is_file():
+            rep.differences.append(f"set {lab} ({d}): no {MANIFEST}")
+    if rep.differences:
+        return rep
+
+    def files(d: Path) -> set[str]:
+        return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and not p.is_symlink()}
+
+    fa, fb = files(a) - {PROVENANCE}, files(b) - {PROVENANCE}
+    for rel in sorted(fa ^ fb):
+        rep.differences.append(f"{rel}: only in set {labels[0] if rel in fa else labels[1]}")
+    for rel in sorted(fa & fb):
+        if (a / rel).read_bytes() != (b / rel).read_bytes():
+            rep.differences.append(f"{rel}: bytes differ")
+    if rep.identical:
+        return rep
+    fx = {labels[0]: _set_facts(a), labels[1]: _set_facts(b)}
+    ha, hb = fx[labels[0]]["ir_hash"], fx[labels[1]]["ir_hash"]
+    if ha and ha == hb:
+        rep.reasons.append(f"both sets hold the same IR ({ha[:12]}...): the difference comes from the golden writer "
+                           "or the emulator (integer code); float modes and torch versions cannot explain it")
+        return rep
+    if ha and hb:
+        rep.reasons.append(f"the IR hashes differ ({ha[:12]}... vs {hb[:12]}...): the integer IRs differ (lowering, "
+                           "calibration or float-derived constants), so the data files differ too")
+    for lab, f in fx.items():
+        if f["reproducible"] is not True:
+            mode = f["mode"] or ("fast-float" if f["float_record"] else None)
+            how = (f"was made in {mode} mode" if mode else "has no float-environment record (an IR lowered "
+                   "without the reproducible float mode, or before it existed)")
+            rep.reasons.append(f"set {lab} {how} (reproducible: false): its float-derived constants (scales, "
+                               "multipliers, shifts) may differ from a reproducible set or from another CPU")
+    ta, tb = fx[labels[0]]["torch"], fx[labels[1]]["torch"]
+    if ta is not None and tb is not None and ta != tb:
+        rep.reasons.append(f"the torch versions differ (set {labels[0]}: {ta}, set {labels[1]}: {tb}): float "
+                           "kernels, hence calibrated scales, may differ between torch releases")
+    elif (ta is None) != (tb is None):
+        lab = labels[0] if ta is None else labels[1]
+        rep.reasons.append(f"set {lab} records no torch version (provenance.json has no float_env): the torch "
+                           "versions cannot be compared")
+    return rep
+
+
 def check_committed(root: str | Path = GOLDEN_ROOT, specs: tuple[CommittedSpec, ...] = COMMITTED_SETS,
                     progress: bool = False, backend: str = "fast") -> list[str]:
     """Rebuild the committed sets from their own stored IR and inputs (numpy only) in a temporary folder
-    and list every byte difference (also of SHA256SUMS). Empty list: identical."""
+    and list every byte difference (also of SHA256SUMS), each set's reasons first (``why: ...``, see
+    :func:`compare_sets`). Empty list: identical."""
     import tempfile
 
     root = Path(root)
@@ -162,9 +289,12 @@ def check_committed(root: str | Path = GOLDEN_ROOT, specs: tuple[CommittedSpec, 
     missing = [n for n in names if not (root / n / "manifest.json").is_file()]
     if missing:
         return [f"{n}: no committed set (manifest.json missing)" for n in missing]
+    diffs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="repq_golden_check_") as tmp:
         regenerate_committed(tmp, from_ir=root, specs=specs, progress=progress, backend=backend)
-        diffs = compare_trees(root, tmp, names)
+        for n in names:
+            c = compare_sets(root / n, Path(tmp) / n, labels=("committed", "regenerated"))
+            diffs += [f"{n}: {ln}" for ln in c.lines(limit=10**6)]
         ha, hb = root / HASH_FILE, Path(tmp) / HASH_FILE
         if not ha.is_file() or ha.read_bytes() != hb.read_bytes():
             diffs.append(f"{HASH_FILE}: differs from the regeneration's")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from repq_hw.golden import formats as fmt
-from repq_hw.golden.writer import IR_DIR, MANIFEST, PROVENANCE, GoldenError
+from repq_hw.golden.writer import IR_DIR, MANIFEST, PROVENANCE, GoldenError, check_relpath
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 FORMAT_PREFERENCE = ("npy", "bin", "hex", "coe", "mif")
@@ -42,6 +42,72 @@ def validate_provenance(doc: dict) -> None:
     _validator("provenance").validate(doc)
 
 
+def json_path(parts) -> str:
+    """``tensors[3].files.hex.path`` for the path parts ``["tensors", 3, "files", "hex", "path"]``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def schema_problem(e, file: str) -> str:
+    """One line naming the file, the field and what is wrong, for a ``jsonschema.ValidationError``."""
+    where = json_path(list(e.absolute_path))
+    return f"{file}: field {where}: {str(e.message).splitlines()[0][:200]}"
+
+
+def load_json(path: Path, what: str) -> dict:
+    """Parse a JSON object file; :class:`GoldenError` naming the file (missing, unreadable, malformed,
+    truncated, not an object, NaN/Infinity)."""
+    def no_constant(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise GoldenError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except UnicodeDecodeError as e:
+        raise GoldenError(f"{what}: {path} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise GoldenError(f"{what}: {path} is not valid JSON (truncated or malformed): {e.msg} at line {e.lineno} "
+                          f"column {e.colno}") from None
+    except (ValueError, RecursionError) as e:
+        raise GoldenError(f"{what}: {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise GoldenError(f"{what}: {path} holds a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def member(root: str | Path, rel: str, what: str = "file") -> Path:
+    """The file ``rel`` (a manifest path) of the set at ``root``, refused unless it stays inside the set:
+    relative, no ``..`` / ``.`` / empty segments, no symbolic link on the way, resolving under ``root``.
+    Raises :class:`GoldenError` naming the path."""
+    root = Path(root)
+    check_relpath(rel, f"{what} path")
+    p = root
+    for seg in rel.split("/"):
+        p = p / seg
+        if p.is_symlink():
+            raise GoldenError(f"{what} path {rel!r}: {p.relative_to(root).as_posix()} is a symbolic link; a golden "
+                              "set holds none (refusing to follow it out of the set)")
+    try:
+        inside = p.resolve().is_relative_to(root.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        raise GoldenError(f"{what} path {rel!r} resolves outside the set {root}")
+    return p
+
+
+class SetKeyError(GoldenError, KeyError):
+    """A name (op, tensor, constant) that the set does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class GoldenSet:
     """A golden set on disk.
 
@@ -52,11 +118,18 @@ class GoldenSet:
     def __init__(self, path: str | Path, validate: bool = True):
         self.path = Path(path)
         mpath = self.path / MANIFEST
+        if mpath.is_symlink():
+            raise GoldenError(f"{self.path}: {MANIFEST} is a symbolic link; a golden set holds none")
         if not mpath.is_file():
             raise GoldenError(f"{self.path}: no {MANIFEST} -- not a golden set, or an incomplete (interrupted) one")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = load_json(mpath, MANIFEST)
         if validate:
-            validate_manifest(self.manifest)
+            import jsonschema
+
+            try:
+                validate_manifest(self.manifest)
+            except jsonschema.ValidationError as e:
+                raise GoldenError(f"{self.path}: {schema_problem(e, MANIFEST)}") from None
         self._tensors = {t["name"]: t for t in self.manifest["tensors"]}
         self._consts = {c["name"]: c for c in self.manifest["constants"]}
         self._ops = {o["name"]: o for o in self.manifest["ops"]}
@@ -74,30 +147,36 @@ class GoldenSet:
     def constant_names(self) -> list[str]:
         return list(self._consts)
 
+    @property
+    def reproducible(self) -> bool:
+        """The manifest's ``reproducible`` flag (False when absent)."""
+        return self.manifest.get("reproducible") is True
+
     def op(self, name: str) -> dict:
         try:
             return self._ops[name]
         except KeyError:
-            raise KeyError(f"op {name!r} is not in this set; ops: {', '.join(list(self._ops)[:8])}...") from None
+            raise SetKeyError(f"op {name!r} is not in this set; ops: {', '.join(list(self._ops)[:8])}...") from None
 
     def tensor_entry(self, name: str) -> dict:
         try:
             return self._tensors[name]
         except KeyError:
-            raise KeyError(f"tensor {name!r} is not in this set") from None
+            raise SetKeyError(f"tensor {name!r} is not in this set") from None
 
     def constant_entry(self, name: str) -> dict:
         try:
             return self._consts[name]
         except KeyError:
-            raise KeyError(f"constant {name!r} is not in this set") from None
+            raise SetKeyError(f"constant {name!r} is not in this set") from None
 
     def file(self, entry: dict, fmt_name: str) -> Path:
-        return self.path / entry["files"][fmt_name]["path"]
+        """The file of one format of a tensor/constant entry (refused if its path leaves the set)."""
+        return member(self.path, entry["files"][fmt_name]["path"], f"{entry['name']} ({fmt_name})")
 
     def provenance(self) -> dict:
         p = self.path / PROVENANCE
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return load_json(p, PROVENANCE) if p.is_file() else {}
 
     # -- data ------------------------------------------------------------------------------------
     def _read(self, entry: dict, fmt_name: str | None, shape: tuple) -> np.ndarray:
@@ -107,9 +186,17 @@ class GoldenSet:
         if fmt_name not in files:
             raise GoldenError(f"{entry['name']}: no {fmt_name} file (stored: {', '.join(files)})")
         fe = files[fmt_name]
-        data = (self.path / fe["path"]).read_bytes()
-        return fmt.decode(fmt_name, data, bits=entry["bits"], signed=entry["signed"], dtype=entry["dtype"],
-                          shape=shape, lanes=fe.get("lanes_per_word", 1), what=fe["path"])
+        p = member(self.path, fe["path"], f"{entry['name']} ({fmt_name})")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise GoldenError(f"{self.path}: cannot read {fe['path']}: {e.strerror or e}") from None
+        try:
+            return fmt.decode(fmt_name, data, bits=entry["bits"], signed=entry["signed"], dtype=entry["dtype"],
+                              shape=shape, lanes=fe.get("lanes_per_word", 1), what=fe["path"])
+        except fmt.FormatError as e:
+            raise GoldenError(f"{self.path}: {e} (the file is corrupt or does not match the manifest; "
+                              "run `repq-hw golden verify`)") from None
 
     def tensor(self, name: str, fmt_name: str | None = None) -> np.ndarray:
         """Integer values ``[images, *shape]`` (storage dtype) read from one format (default: the first of

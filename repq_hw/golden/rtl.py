@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repq_hw.golden.reader import GoldenSet
+from repq_hw.golden.reader import GoldenSet, member
 from repq_hw.golden.writer import GoldenError
 
 SIM_DIR = Path(__file__).resolve().parents[2] / "sim"
@@ -55,6 +55,23 @@ class ReplayResult:
                 f"checked, {self.mismatches} mismatches, vvp exit {self.returncode}")
 
 
+class CorruptSetError(GoldenError):
+    """The set fails its integrity check; the RTL is not run on it."""
+
+
+def check_set(set_dir: str | Path) -> None:
+    """Refuse a corrupt set before any simulation: every path inside the set, every file's sha256, the IR
+    copy's hash, and every manifest field re-derived from the IR copy (``verify_golden_set(...,
+    execute=False)``). Raises :class:`CorruptSetError` naming the first bad file or field."""
+    from repq_hw.golden.verify import verify_golden_set
+
+    rep = verify_golden_set(set_dir, execute=False)
+    if not rep.ok:
+        more = len(rep.problems) + len(rep.mismatches) - 1
+        raise CorruptSetError(f"golden set {set_dir} is corrupt, refusing to replay it: {rep.first_problem}"
+                              + (f" (and {more} more finding(s); see `repq-hw golden verify {set_dir}`)" if more else ""))
+
+
 def have_icarus() -> bool:
     return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
 
@@ -71,7 +88,7 @@ def _hex(gs: GoldenSet, entry: dict) -> Path:
     if fe.get("lanes_per_word", 1) != 1:
         raise GoldenError(f"{entry['name']}: the testbenches read one element per line; this set packs "
                           f"{fe['lanes_per_word']} lanes per word")
-    return gs.path / fe["path"]
+    return member(gs.path, fe["path"], f"{entry['name']} (hex)")
 
 
 def _w(entry: dict, prefix: str) -> dict[str, int]:
@@ -184,7 +201,13 @@ def tb_config(gs: GoldenSet, op_name: str) -> TbConfig:
     if build is None:
         raise GoldenError(f"op {op_name!r} ({op['op']}) has no reference RTL unit; units exist for "
                           f"{', '.join(RTL_UNITS)}")
-    return build(gs, op)
+    try:
+        return build(gs, op)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        if isinstance(e, GoldenError):
+            raise
+        raise GoldenError(f"op {op_name!r}: the manifest lacks or mangles a field its testbench reads "
+                          f"({type(e).__name__}: {e}); run `repq-hw golden verify`") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,9 +232,16 @@ def compile_tb(cfg: TbConfig, build_dir: Path, sim_dir: Path = SIM_DIR) -> tuple
 
 
 def replay(set_dir: str | Path, op_name: str, *, override: dict[str, str | Path] | None = None,
-           build_dir: str | Path | None = None, sim_dir: str | Path = SIM_DIR, timeout: float = 900) -> ReplayResult:
+           build_dir: str | Path | None = None, sim_dir: str | Path = SIM_DIR, timeout: float = 900,
+           check: bool = True) -> ReplayResult:
     """Compile the testbench of ``op_name``'s unit with the manifest's parameters and run it on the set's
-    files. ``override`` replaces plusarg files (e.g. ``{"out": tampered_copy}``)."""
+    files. ``override`` replaces plusarg files (e.g. ``{"out": tampered_copy}``).
+
+    ``check`` (default): first :func:`check_set` -- a corrupt set (a file that does not match its sha256,
+    an edited manifest field, a path leaving the set) raises :class:`CorruptSetError` naming the file or
+    field, before anything is compiled or simulated."""
+    if check:
+        check_set(set_dir)
     gs = GoldenSet(set_dir)
     cfg = tb_config(gs, op_name)
     for k, v in (override or {}).items():

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from repq_hw.errors import InputError
 from repq_hw.golden import formats as fmt
 from repq_hw.golden.spec import derived_params, input_roles, spec_pages
 from repq_hw.ir.graph import IR_VERSION, Graph, IntType
 from repq_hw.ir.ops import Op
-from repq_hw.errors import InputError
 
 FORMAT_NAME = "repq-hw-golden"
 FORMAT_VERSION = 1
@@ -44,6 +44,9 @@ INLINE_MAX = 16
 """Constants with at most this many elements are also written inline (``values``) in the manifest."""
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+NAME_MAX = 200
+"""Longest IR name used as a file name (the file adds a format suffix; most file systems allow 255 bytes)."""
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 class GoldenError(InputError):
@@ -110,17 +113,22 @@ class Formats:
 
 @dataclass
 class _Plan:
-    """Where encoded files go: kept in memory (``root`` None) or written at once under ``root``."""
+    """Where encoded files go: kept in memory (``root`` None), written at once under ``root``, or only
+    hashed (``keep`` False: what ``verify`` uses to re-derive a manifest)."""
 
     root: Path | None = None
     bar: object = None
     files: dict[str, bytes] = field(default_factory=dict)
     entries: dict[str, dict] = field(default_factory=dict)
+    keep: bool = True
 
     def put(self, path: str, data: bytes, **extra) -> dict:
+        check_relpath(path, "file")  # never a path outside the set, whatever the names
         if path in self.entries:
             raise GoldenError(f"two files map to the same path {path!r}")
-        if self.root is None:
+        if not self.keep:
+            pass
+        elif self.root is None:
             self.files[path] = data
         else:
             _write_one(self.root / path, data)
@@ -164,9 +172,49 @@ def ir_files(g: Graph) -> dict[str, bytes]:
 
 
 def _check_name(name: str, what: str) -> str:
-    if not _SAFE_NAME.match(name):
-        raise GoldenError(f"{what} name {name!r} cannot be used as a file name")
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or len(name) > NAME_MAX:
+        raise GoldenError(f"{what} name {name!r} cannot be used as a file name (letters, digits, '_', '.', '-', "
+                          f"not starting with '.' or '-', at most {NAME_MAX} characters)")
     return name
+
+
+def check_relpath(rel: str, what: str = "path") -> str:
+    """``rel`` as a path inside a set: relative, '/'-separated, every segment a safe name (no '', '.', '..',
+    no backslash). Raises :class:`GoldenError` otherwise. Does not touch the file system."""
+    if not isinstance(rel, str) or not rel:
+        raise GoldenError(f"{what} {rel!r} is not a relative path inside the set")
+    if rel.startswith("/") or "\\" in rel or "\0" in rel:
+        raise GoldenError(f"{what} {rel!r} is not a relative path inside the set (absolute or not '/'-separated)")
+    for seg in rel.split("/"):
+        if not _SAFE_NAME.fullmatch(seg) or len(seg) > NAME_MAX + 8:
+            raise GoldenError(f"{what} {rel!r} is not a relative path inside the set (segment {seg!r})")
+    return rel
+
+
+def selected_nodes(g: Graph, selection: Selection) -> list:
+    """``(index, node)`` of the selected nodes, in execution order."""
+    return [(i, n) for i, n in enumerate(g.nodes) if selection.matches(n.name, n.op.value)]
+
+
+def check_names(g: Graph, selection: Selection) -> None:
+    """Every name that a set of ``g`` under ``selection`` turns into a file name, or records as a tap name
+    (selected node names, their tensors and constants, the graph input), is a safe single path segment.
+    Raises :class:`GoldenError` naming the first that is not -- before any file is written."""
+    if len(g.inputs) == 1:
+        _check_name(g.inputs[0], "graph input tensor")
+    for _, n in selected_nodes(g, selection):
+        _check_name(n.name, "node")
+        for t in list(n.inputs) + list(n.outputs):
+            _check_name(t, f"tensor (of node {n.name!r})")
+        for c in n.consts.values():
+            _check_name(c, f"constant (of node {n.name!r})")
+
+
+def reproducible_of(g: Graph) -> bool:
+    """The IR's float-environment record says its float-derived constants are reproducible
+    (``graph.meta["float_env"]["reproducible"] is True``); an IR without the record is not."""
+    fe = g.meta.get("float_env") if isinstance(g.meta, dict) else None
+    return isinstance(fe, dict) and fe.get("reproducible") is True
 
 
 def git_provenance() -> dict:
@@ -191,12 +239,22 @@ def bits_label(g: Graph) -> str | None:
     return f"w{w}a{a}" if w is not None and a is not None else None
 
 
+def safe_dir_name(name: str) -> str:
+    """``name`` as one safe directory name: every character outside letters, digits, ``_ . -`` becomes
+    ``_``, and a leading ``.`` or ``-`` too (so never ``..``, a hidden name, an absolute path or a path with
+    ``/``). Used for names that come from a file (``meta.model`` of an IR) and decide where a set is written."""
+    s = _UNSAFE_CHARS.sub("_", str(name))[:NAME_MAX]
+    s = re.sub(r"^[.\-]", "_", s)
+    return s or "_"
+
+
 def set_name(model: str, g: Graph | None = None, seed: int | None = 0, w_bits: int | None = None,
              a_bits: int | None = None) -> str:
-    """Canonical directory name ``<model>.<wXaY>.seed<seed>``."""
+    """Canonical directory name ``<model>.<wXaY>.seed<seed>``, always one safe path segment (see
+    :func:`safe_dir_name`: a model id or bit widths read from a hand-edited IR cannot point elsewhere)."""
     if g is not None:
         w_bits, a_bits = g.meta.get("w_bits"), g.meta.get("a_bits")
-    return f"{model}.w{w_bits}a{a_bits}.seed{seed}"
+    return safe_dir_name(f"{model}.w{w_bits}a{a_bits}.seed{seed}")
 
 
 def is_golden_set(path: Path) -> bool:
@@ -248,18 +306,20 @@ def _scale_json(s):
 def build_set(g: Graph, env: dict[str, np.ndarray], *, input_ids: list[str], model: str | None,
               seed: int | None, selection: Selection, formats: Formats,
               input_source: str | None = None, root: Path | None = None,
-              progress: bool = False) -> tuple[dict, dict[str, bytes]]:
+              progress: bool = False, keep_files: bool = True) -> tuple[dict, dict[str, bytes]]:
     """(manifest, {relative path: bytes}) of a golden set from the executed tensors ``env``.
 
     With ``root``, each file is written under it as soon as it is encoded (the returned dict is then
-    empty): memory stays at one file at a time, whatever the size of the set."""
-    plan = _Plan(root=root)
+    empty): memory stays at one file at a time, whatever the size of the set. With ``keep_files=False``
+    (and no ``root``) the files are only hashed: the manifest alone (``verify`` re-derives it so)."""
+    plan = _Plan(root=root, keep=keep_files or root is not None)
     if len(g.inputs) != 1:
         raise GoldenError(f"golden sets support graphs with one input, got {g.inputs}")
+    check_names(g, selection)
     batch = int(env[g.inputs[0]].shape[0])
     if len(input_ids) != batch:
         raise GoldenError(f"{len(input_ids)} input ids for a batch of {batch}")
-    nodes = [(i, n) for i, n in enumerate(g.nodes) if selection.matches(n.name, n.op.value)]
+    nodes = selected_nodes(g, selection)
     if not nodes:
         raise GoldenError(f"the selection {selection.to_json()} matches no op of the graph")
 
@@ -364,6 +424,7 @@ def build_set(g: Graph, env: dict[str, np.ndarray], *, input_ids: list[str], mod
         "model": model if model is not None else g.meta.get("model"),
         "bits": {"w": g.meta.get("w_bits"), "a": g.meta.get("a_bits"), "label": bits_label(g)},
         "seed": seed,
+        "reproducible": reproducible_of(g),
         "ir": ir_entry,
         "inputs": {"tensor": g.inputs[0], "count": batch, "ids": list(input_ids), "source": input_source},
         "selection": selection.to_json(),
@@ -407,18 +468,35 @@ def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
         os.rename(tmp, out)
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out(out: str | Path, force: bool, what: str = "output directory") -> Path:
+    """Fail before any work if ``out`` cannot receive a set: a bad name, a symbolic link, an existing path
+    without ``force``, with ``force`` anything but a golden set or an empty directory, or a directory that
+    cannot be created or written (``repq_hw.argtypes.check_writable_dir``). Errors name ``what``."""
+    from repq_hw.argtypes import check_writable_dir
+
+    out = Path(out)
     if out.name in ("", ".", ".."):
-        raise GoldenError(f"bad output directory {out}")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise GoldenError(f"{out} exists; pass --force to replace it (golden sets are never overwritten silently)")
-    if force and out.exists() and (not out.is_dir() or not (is_golden_set(out) or not any(out.iterdir()))):
-        raise GoldenError(f"{out} exists and is not a golden set (no {MANIFEST}); refusing to replace it")
+        raise GoldenError(f"{what} {str(out)!r}: not a directory name")
+    if out.is_symlink():
+        raise GoldenError(f"{what} {str(out)!r} is a symbolic link; refusing to write a golden set through it")
+    check_writable_dir(out, what)
+    if out.exists():
+        if not force:
+            raise GoldenError(f"{what} {str(out)!r} exists; pass --force to replace it (golden sets are never "
+                              "overwritten silently)")
+        if not (is_golden_set(out) or not any(out.iterdir())):
+            raise GoldenError(f"{what} {str(out)!r} exists and is not a golden set (no {MANIFEST}); refusing to "
+                              "replace it")
+        check_writable_dir(out.parent, f"the parent of {what}")
+    return out
+
+
+_check_out = check_out
 
 
 def _atomic_set(out: Path, force: bool, fill: Callable[[Path], None]) -> Path:
     """Create a hidden temporary sibling, let ``fill`` write into it (manifest last), rename it to ``out``."""
-    _check_out(out, force)
+    check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -465,7 +543,8 @@ def _normalise_inputs(g: Graph, inputs) -> np.ndarray:
 def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] | None = None,
                      model: str | None = None, seed: int | None = None, selection: Selection = Selection(),
                      formats: Formats = Formats(), force: bool = False, backend: str = "fast",
-                     progress: bool = True, input_source: str | None = None) -> Path:
+                     progress: bool = True, input_source: str | None = None,
+                     float_env: dict | None = None) -> Path:
     """Run the IR on ``inputs`` and write the golden set to ``out`` (atomically).
 
     Args:
@@ -481,6 +560,10 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
         backend: emulator backend ("fast" or "ref"; both are bit-identical).
         progress: tqdm bars on stderr.
         input_source: free text describing where the inputs came from (no absolute paths).
+        float_env: the full float-environment record of the process that made ``g`` from a model
+            (``repq_hw.float_env.record()``, passed by the torch side; this package never imports torch).
+            Goes into ``provenance.json`` only (it names the CPU, so it would break byte equality across
+            machines); the manifest carries the IR's ``reproducible`` flag.
 
     Returns:
         the set's path.
@@ -488,14 +571,20 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
     from repq_hw import __version__
     from repq_hw.emu.execute import run_graph
 
-    out = Path(out)
-    _check_out(out, force)
+    out = check_out(out, force)
+    if len(g.inputs) != 1:
+        raise GoldenError(f"golden sets support graphs with one input, got {g.inputs}")
+    check_names(g, selection)  # before any work: no name of a hand-edited IR may leave the set
+    if float_env is not None and not isinstance(float_env, dict):
+        raise GoldenError(f"float_env must be a dict (repq_hw.float_env.record()), got {type(float_env).__name__}")
     codes = _normalise_inputs(g, inputs)
     ids = list(input_ids) if input_ids is not None else [f"input:{i}" for i in range(codes.shape[0])]
     env = run_graph(g, codes, backend=backend, keep_all=True, progress=_node_bar(g, progress))
     prov = {"tool": "repq-hw", "tool_version": __version__, **git_provenance(), "backend": backend,
             "note": "provenance fields change between commits; they are excluded from the manifest's "
                     "hashes and from the byte-equality check of committed sets"}
+    if float_env is not None:
+        prov["float_env"] = float_env
 
     def fill(tmp: Path) -> None:
         manifest, _ = build_set(g, env, input_ids=ids, model=model, seed=seed, selection=selection,

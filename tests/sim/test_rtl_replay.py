@@ -100,6 +100,20 @@ def test_a_flipped_bit_in_a_set_copy_fails_via_the_cli(tmp_path, capsys):
     s = copy_set(tiny_set(), tmp_path / "s")
     f = s / "tensors/head.logits.out.hex"
     _flip_bit(f, 1, f)
+    # a file that no longer matches its sha256 is refused before any simulation (issue 10)
+    assert main(["golden", "replay", str(s), "--op", "head.logits"]) == 2
+    cap = capsys.readouterr()
+    assert "corrupt" in cap.err and "tensors/head.logits.out.hex" in cap.err and "FAIL" not in cap.out
+    # re-recorded hashes (a deliberately edited set): the RTL itself catches the flipped bit
+    import hashlib
+    import json
+
+    m = json.loads((s / "manifest.json").read_text())
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    for fe in m["files"] + [t["files"]["hex"] for t in m["tensors"] if t["name"] == "head.logits.out"]:
+        if fe["path"] == "tensors/head.logits.out.hex":
+            fe["sha256"] = digest
+    (s / "manifest.json").write_text(json.dumps(m, sort_keys=True, indent=1) + "\n")
     assert main(["golden", "replay", str(s), "--op", "head.logits"]) == 1
     assert "FAIL head.logits" in capsys.readouterr().out
     assert main(["golden", "replay", str(tiny_set()), "--op", "head.logits"]) == 0
