@@ -148,11 +148,15 @@ def cmd_golden(a) -> int:
         seed = 0 if a.seed is None else a.seed
         g = lower_model(a.model, w, x, seed, a.calib_size, a.checkpoint)
         model = a.model
+        from repq_hw.float_env import record  # torch is loaded on this path anyway
+
+        fenv = record()
     else:
         from repq_hw.ir.graph import load_graph
 
         g = load_graph(a.ir)
         model, seed = g.meta.get("model"), a.seed
+        fenv = None  # an existing IR: its meta.float_env says how its floats were made
     # without --out the name comes from the IR (meta.model, bit widths): set_name makes it one safe segment
     out = Path(a.out) if a.out else Path(set_name(model or "model", g, seed))
     check_out(out, a.force)
@@ -175,7 +179,8 @@ def cmd_golden(a) -> int:
         x, ids = digits_inputs(g, a.images if a.images is not None else 2, a.image_ids)
         source = "digits test split (repq_hw.data.digits), host-quantized"
     p = write_golden_set(g, x, out, input_ids=ids, model=model, seed=seed, selection=sel, formats=fmts,
-                         force=a.force, backend=a.backend, progress=progress, input_source=source)
+                         force=a.force, backend=a.backend, progress=progress, input_source=source,
+                         float_env=fenv)
     print(f"golden set written to {p}/")
     print(replay_hint(p))
     return 0

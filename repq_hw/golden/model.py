@@ -81,6 +81,13 @@ def digits_inputs(g, n: int | None = 2, ids: list[int] | None = None):
     return host_input_codes(g, imgs), [f"digits:test:{i}" for i in idx]
 
 
+def _float_record() -> dict:
+    """This process's float-environment record (torch side: only called after a calibration)."""
+    from repq_hw.float_env import record
+
+    return record()
+
+
 def lower_model(model: str, w_bits: int, a_bits: int, seed: int = 0, calib_size: int = 32,
                 checkpoint: str | None = None):
     """Calibrate (RepQ-ViT, seeded) and lower a supported ViT/DeiT; returns the graph (imports torch)."""
@@ -107,6 +114,7 @@ def write_for_model(model: str, w_bits: int, a_bits: int, out: str | Path, *, im
     to ``provenance.json``; the caller on the torch side passes it (this module never imports torch itself)."""
     out = check_out(out, force)  # before calibrating
     g = lower_model(model, w_bits, a_bits, seed, calib_size, checkpoint)
+    float_env = float_env if float_env is not None else _float_record()
     codes, ids = digits_inputs(g, images, image_ids)
     return write_golden_set(g, codes, out, input_ids=ids, model=model, seed=seed, selection=selection,
                             formats=formats, force=force, backend=backend, progress=progress,
