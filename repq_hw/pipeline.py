@@ -130,9 +130,13 @@ def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = No
     if out_dir is not None:
         # what was used, not what was asked for: the number of images in the batch, the weights' source
         # (and the source the images came from: an evaluation-only set calibrates on the digits train split)
-        extra = {"calibration": {"data": _check_data(model_name, calib_data or data), "n": res.n_images,
+        source = _check_data(model_name, calib_data or data)
+        source = source if source == DIGITS else str(Path(source).resolve())  # `lower` reopens it
+        extra = {"calibration": {"data": source, "n": res.n_images,
                                  "seed": seed, "seconds": round(res.seconds, 3)},
-                 "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": bool(pretrained)}
+                 # absolute: `eval --calibrated` reopens it, maybe from another working directory
+                 "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+                 "pretrained": bool(pretrained)}
         if evaluate_acc:
             extra["accuracy"] = {k: _accuracy_record(summary[k]) for k in ("float", "quant")}
         save_calibrated(res.model, cfg, model_config(model_name), out_dir, extra, float_env=res.float_env)
