@@ -158,7 +158,7 @@ def cmd_eval(a) -> int:
         q, cfg, meta = load_calibrated(a.calibrated)
         name = meta["model"]["name"]
         check_counts(name, a.data, eval_limit=a.eval_limit)
-        fmodel = create_model(name, checkpoint=meta.get("checkpoint"))
+        fmodel = create_model(name, checkpoint=meta.get("checkpoint"), pretrained=bool(meta.get("pretrained", False)))
         data, n = eval_batches(fmodel, name, a.data, limit=a.eval_limit)
         print(f"model {name}  {cfg.label} (loaded from {a.calibrated})")
         print(f"  float      : {evaluate(fmodel, data, 'float', True, n)[0].row()}")
