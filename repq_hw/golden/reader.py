@@ -11,6 +11,9 @@ import numpy as np
 
 from repq_hw.golden import formats as fmt
 from repq_hw.golden.writer import IR_DIR, MANIFEST, PROVENANCE, GoldenError, check_relpath
+from repq_hw.strict_json import read_strict_json
+
+MAX_JSON_BYTES = 256 << 20  # a manifest of a full ViT-B set with every op is a few MB
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 FORMAT_PREFERENCE = ("npy", "bin", "hex", "coe", "mif")
@@ -57,27 +60,9 @@ def schema_problem(e, file: str) -> str:
 
 
 def load_json(path: Path, what: str) -> dict:
-    """Parse a JSON object file; :class:`GoldenError` naming the file (missing, unreadable, malformed,
-    truncated, not an object, NaN/Infinity)."""
-    def no_constant(c):
-        raise ValueError(f"non-standard JSON constant {c}")
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GoldenError(f"{what}: cannot read {path}: {e.strerror or e}") from None
-    try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=no_constant)
-    except UnicodeDecodeError as e:
-        raise GoldenError(f"{what}: {path} is not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise GoldenError(f"{what}: {path} is not valid JSON (truncated or malformed): {e.msg} at line {e.lineno} "
-                          f"column {e.colno}") from None
-    except (ValueError, RecursionError) as e:
-        raise GoldenError(f"{what}: {path}: {e}") from None
-    if not isinstance(doc, dict):
-        raise GoldenError(f"{what}: {path} holds a JSON {type(doc).__name__}, not an object")
-    return doc
+    """Parse a JSON object file strictly (repq_hw/strict_json.py); :class:`GoldenError` naming the file
+    (missing, unreadable, malformed, truncated, not an object, NaN/Infinity, duplicate keys)."""
+    return read_strict_json(path, max_bytes=MAX_JSON_BYTES, error=GoldenError, what=what)
 
 
 def member(root: str | Path, rel: str, what: str = "file") -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from repq_hw.errors import InputError
+from repq_hw.strict_json import read_strict_json
 from repq_hw.ir.ops import Op
 
 IR_VERSION = 1
@@ -321,49 +322,8 @@ def save_graph(graph: Graph, out_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _object_no_duplicates(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise InputError(f"duplicate key {k!r}")
-        d[k] = v
-    return d
-
-
-def _reject_constant(name):
-    raise InputError(f"{name} is not a valid value (only finite numbers)")
-
-
-def _finite_float(text):
-    v = float(text)
-    if not math.isfinite(v):
-        raise InputError(f"number {text} is not finite")
-    return v
-
-
 def _read_json(gpath: Path) -> dict:
-    try:
-        size = gpath.stat().st_size
-        if size > MAX_GRAPH_JSON_BYTES:
-            raise IRFormatError(f"{gpath}: {size} bytes, more than the {MAX_GRAPH_JSON_BYTES} a graph.json may have")
-        text = gpath.read_bytes().decode("utf-8")
-        doc = json.loads(text, object_pairs_hook=_object_no_duplicates, parse_constant=_reject_constant,
-                         parse_float=_finite_float)
-    except IRFormatError:
-        raise
-    except InputError as e:
-        raise IRFormatError(f"{gpath}: {e}") from None
-    except UnicodeDecodeError as e:
-        raise IRFormatError(f"{gpath}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise IRFormatError(f"{gpath}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits, nesting too deep
-        raise IRFormatError(f"{gpath}: not valid JSON: {type(e).__name__}: {e}") from None
-    except OSError as e:
-        raise IRFormatError(f"{gpath}: cannot be read: {e}") from None
-    if not isinstance(doc, dict):
-        raise IRFormatError(f"{gpath}: the top level must be an object, got {type(doc).__name__}")
-    return doc
+    return read_strict_json(gpath, max_bytes=MAX_GRAPH_JSON_BYTES, error=IRFormatError)
 
 
 def _field(doc: dict, gpath: Path, key: str, kind: type, default=None, required: bool = True):
