@@ -7,6 +7,11 @@
 
 Reported per model and bit setting: top-1, top-1 agreement and logit cosine vs the paper-form fake-quant,
 and the per-layer SQNR between dequantized integer tensors and the matching fake-quant tensors.
+
+The fidelity targets are statistics over the evaluated images (``FidelityReport.targets``): the top-1
+agreement of the integer emulator with fake-quant as a proportion with its 95 % Wilson score interval, and
+the accuracy gap (integer minus fake-quant top-1) as a paired difference with its 95 % interval
+(Bonett-Price adjusted Wald on the discordant counts).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -103,6 +109,92 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10 * math.log10(sig / err) if sig > 0 else -math.inf
 
 
+# ---------------------------------------------------------------------------------------------------
+# Statistics of the targets.
+
+Z95: float = NormalDist().inv_cdf(0.975)  # two-sided 95 %: 1.95996...
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval, all as proportions (not percent)."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def pct(self) -> str:
+        return f"{100 * self.estimate:.2f} % [{100 * self.low:.2f}, {100 * self.high:.2f}]"
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> Interval:
+    """Wilson score interval of a binomial proportion k/n.
+
+    centre = (p + z^2/(2n)) / (1 + z^2/n),  half-width = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2)),
+    with p = k/n. Unlike the Wald interval it stays inside [0, 1] and has non-zero width at k = 0 or n.
+    """
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k!r}, n={n!r}")
+    p = k / n
+    zz = z * z
+    den = 1 + zz / n
+    centre = (p + zz / (2 * n)) / den
+    half = z / den * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference_interval(b: int, c: int, n: int, z: float = Z95, adjust: bool = True) -> Interval:
+    """Interval of the difference of two paired proportions p_A - p_B from the discordant counts.
+
+    Each of n items is scored by A and by B (1 = correct). b = #(A right, B wrong), c = #(A wrong, B right);
+    the difference of the two accuracies is (b - c) / n.
+
+    adjust=False: the normal approximation on the paired differences d_i in {-1, 0, 1}:
+        d = (b - c)/n,  var(d_i) = (b + c)/n - d^2,  d +- z sqrt(var/n).
+    It collapses to zero width when b = c = 0.
+    adjust=True (default): Bonett-Price adjusted Wald, the same with one added to each discordant count and
+    two to n: p12 = (b+1)/(n+2), p21 = (c+1)/(n+2), (p12 - p21) +- z sqrt((p12 + p21 - (p12 - p21)^2)/(n+2)).
+    The estimate returned is always the observed (b - c)/n.
+    """
+    if n <= 0 or b < 0 or c < 0 or b + c > n:
+        raise ValueError(f"need b, c >= 0, b + c <= n, n > 0; got b={b!r}, c={c!r}, n={n!r}")
+    if adjust:
+        p12, p21, m = (b + 1) / (n + 2), (c + 1) / (n + 2), n + 2
+    else:
+        p12, p21, m = b / n, c / n, n
+    centre = p12 - p21
+    half = z * math.sqrt(max(p12 + p21 - centre * centre, 0.0) / m)
+    return Interval((b - c) / n, centre - half, centre + half)
+
+
+def discordant_counts(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int]:
+    """(b, c) = (#A right and B wrong, #A wrong and B right) of two per-item correctness vectors."""
+    a, bb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != bb.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {bb.shape}")
+    return int((a & ~bb).sum()), int((~a & bb).sum())
+
+
+@dataclass(frozen=True)
+class FidelityStats:
+    """The integer emulator vs fake-quant (paper form) on n images, with 95 % intervals."""
+
+    n: int
+    agreement: Interval  # top-1 agreement proportion, Wilson
+    gap: Interval  # integer top-1 minus fake-quant top-1 (proportions), paired
+    discordant: tuple[int, int]  # (integer right & fake-quant wrong, integer wrong & fake-quant right)
+
+    def line(self) -> str:
+        b, c = self.discordant
+        return (f"n={self.n}: integer vs fake-quant top-1 agreement {self.agreement.pct()} (95 % Wilson); "
+                f"top-1 gap integer - fake-quant {100 * self.gap.estimate:+.2f} pt "
+                f"[{100 * self.gap.low:+.2f}, {100 * self.gap.high:+.2f}] (95 % paired, discordant {b}/{c})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ladder.
+
+
 @dataclass
 class LadderRow:
     stage: str
@@ -116,6 +208,16 @@ class FidelityReport:
     label: str
     rows: list[LadderRow]
     sqnr: dict[str, float] = field(default_factory=dict)  # integer tap -> dB vs inference-form fake-quant
+    # per-image top-1 class of each stage ("float", "fq", "fq_inf", "int") and the labels
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+
+    def targets(self, images: slice = slice(None)) -> FidelityStats:
+        """Agreement and accuracy gap of the integer emulator vs fake-quant (paper form) on ``images``."""
+        fq, it, y = self.predictions["fq"][images], self.predictions["int"][images], self.labels[images]
+        b, c = discordant_counts(it == y, fq == y)
+        return FidelityStats(len(y), wilson_interval(int((it == fq).sum()), len(y)),
+                             paired_difference_interval(b, c, len(y)), (b, c))
 
     def table(self) -> str:
         lines = [f"| stage ({self.label}) | top-1 % | top-1 agreement vs fake-quant % | logit cosine |",
@@ -134,26 +236,33 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def fidelity(float_model: nn.Module, qmodel: nn.Module, g: Graph, images: torch.Tensor, labels: torch.Tensor,
              label: str, batch_size: int = 64, backend: str = "fast", sqnr_images: int = 32,
-             progress=None) -> FidelityReport:
-    """Run the ladder on (images, labels); SQNR on the first ``sqnr_images`` images."""
+             progress=None, int_batch_size: int = 1024) -> FidelityReport:
+    """Run the ladder on (images, labels); SQNR on the first ``sqnr_images`` images.
+
+    The float models run in batches of ``batch_size``; the integer emulator, whose results are bit-exact
+    per image whatever the batch, in chunks of ``int_batch_size`` (its per-call overhead dominates small
+    batches)."""
     inf_model = inference_form(qmodel)
     outs = {"float": [], "fq": [], "fq_inf": [], "int": []}
     out_name = g.outputs[0]
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        outs["float"].append(float_model(x).double().numpy())
-        outs["fq"].append(qmodel(x).double().numpy())
-        outs["fq_inf"].append(inf_model(x).double().numpy())
-        res = run_graph(g, input_codes(qmodel, x), backend)
+    for j in range(0, len(images), int_batch_size):
+        chunk = images[j:j + int_batch_size]
+        for i in range(0, len(chunk), batch_size):
+            x = chunk[i:i + batch_size]
+            outs["float"].append(float_model(x).double().numpy())
+            outs["fq"].append(qmodel(x).double().numpy())
+            outs["fq_inf"].append(inf_model(x).double().numpy())
+        res = run_graph(g, input_codes(qmodel, chunk), backend)
         outs["int"].append(dequantize(g, out_name, res[out_name])[:, 0, :])
         if progress is not None:
-            progress(min(i + batch_size, len(images)), len(images))
+            progress(min(j + int_batch_size, len(images)), len(images))
     y = labels.numpy()
     ref = np.concatenate(outs["fq"])
-    rows = []
+    rows, preds = [], {}
     for key, stage in (("float", "float"), ("fq", "fake-quant (paper: log-sqrt2, 2^b+1 states)"),
                        ("fq_inf", "fake-quant (inference form: b-bit zero state)"), ("int", "integer emulator")):
         lg = np.concatenate(outs[key])
+        preds[key] = lg.argmax(1)
         rows.append(LadderRow(stage, 100 * float((lg.argmax(1) == y).mean()),
                               100 * float((lg.argmax(1) == ref.argmax(1)).mean()), _cos(lg, ref)))
     pairs = [p for p in tap_pairs(qmodel) if p[0] in g.tensors]
@@ -161,7 +270,7 @@ def fidelity(float_model: nn.Module, qmodel: nn.Module, g: Graph, images: torch.
     fq_taps, _ = fake_quant_taps(inf_model, xs, pairs)
     int_taps = run_graph(g, input_codes(qmodel, xs), backend, keep_all=True)
     sq = {t: sqnr_db(fq_taps[t], dequantize(g, t, int_taps[t]).reshape(fq_taps[t].shape)) for t, _, _ in pairs}
-    return FidelityReport(label, rows, sq)
+    return FidelityReport(label, rows, sq, preds, y)
 
 
 def plot_sqnr(reports: list[FidelityReport], path, title: str) -> None:

