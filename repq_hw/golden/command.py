@@ -4,7 +4,10 @@
     repq-hw golden --ir runs/ir --inputs codes.npy --out gs/                 # numpy only
     repq-hw golden verify DIR
     repq-hw golden replay DIR [--op NAME ...]                                # Icarus Verilog
+    repq-hw golden diff DIR DUMP_DIR [--map MAPPING.json] [--partial]        # first divergence of a device dump
     repq-hw golden committed [--check] [--from-ir golden_vectors]            # the committed sample sets
+    repq-hw golden --directed [--op-type T] [--bits 4,8] --out DIR           # directed corner-case sets
+    repq-hw golden coverage SET [SET ...] [--no-write]                       # functional coverage bins
 """
 
 from __future__ import annotations
@@ -44,6 +47,16 @@ def _formats_of(known: tuple[str, ...]):
     return parse
 
 
+def _bits_list(s: str) -> int | tuple[int, ...]:
+    """One bit width (``4`` -> 4) or, for ``--directed``, a comma-separated list (``4,8`` -> (4, 8))."""
+    items = _csv(s)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a bit width such as 4 or a list such as 4,8, got {s!r}")
+    if len(items) == 1 and "," not in s:
+        return bits(items[0])
+    return tuple(bits(x) for x in items)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "golden", help="golden vectors for RTL verification: write a set, verify it, replay it on the RTL",
@@ -53,11 +66,15 @@ def register(subparsers) -> None:
                     "constant ROMs), the IR itself and a manifest. Format: docs/golden_format.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="actions:\n  repq-hw golden verify DIR\n  repq-hw golden replay DIR [--op NAME]\n"
-               "  repq-hw golden committed [--check]")
+               "  repq-hw golden committed [--check]\n  repq-hw golden coverage SET [SET ...]\n"
+               "  repq-hw golden --directed [--op-type T] [--bits 4,8] --out DIR")
     src = p.add_argument_group("IR source (--ir, or --model to calibrate and lower)")
     src.add_argument("--ir", help="an IR directory (graph.json + constants.npz): numpy only")
     src.add_argument("--model", help="calibrate + lower this model (torch), e.g. vit_digits")
-    src.add_argument("--bits", type=bits, help="W and A bits (e.g. 4 for W4A4)")
+    src.add_argument("--bits", type=_bits_list, help="W and A bits (e.g. 4 for W4A4; with --directed a list, 4,8)")
+    src.add_argument("--directed", action="store_true",
+                     help="write the directed corner-case sets (one per op type and bit setting, selected with "
+                          "--op-type and --bits) under --out (repq_hw/golden/directed.py)")
     src.add_argument("--w-bits", type=bits)
     src.add_argument("--a-bits", type=bits)
     src.add_argument("--seed", type=nonneg_int, help="calibration seed (recorded; default 0 with --model)")
@@ -88,7 +105,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_golden)
 
-    act = p.add_subparsers(dest="golden_action", metavar="{verify,replay,committed}")
+    act = p.add_subparsers(dest="golden_action", metavar="{verify,replay,diff,committed,coverage}")
     v = act.add_parser("verify", help="re-execute the stored IR, check every hash and every element")
     v.add_argument("dir")
     v.add_argument("--backend", choices=("fast", "ref"), default="fast")
@@ -98,6 +115,12 @@ def register(subparsers) -> None:
     r.add_argument("--op", action="append", default=[], help="op name (repeatable; default: every op with a unit)")
     r.add_argument("--list", action="store_true", help="list the replayable ops and exit")
     r.set_defaults(func=cmd_replay)
+    d = act.add_parser("diff", help="first divergence of a device dump (RTL simulation, board) from a set")
+    d.add_argument("dir", help="the golden set")
+    d.add_argument("dump", help="directory of dumped tensors: <tensor>.hex/.npy/.bin (or in its tensors/)")
+    d.add_argument("--map", help="JSON mapping tensor name -> dump file (or {path, format, lanes})")
+    d.add_argument("--partial", action="store_true", help="compare only the op outputs present in the dump")
+    d.set_defaults(func=cmd_diff)
     c = act.add_parser("committed", help="regenerate (or --check) the committed sample sets in golden_vectors/")
     c.add_argument("--root", default=None, help="where the sets go (default: the repo's golden_vectors/)")
     c.add_argument("--from-ir", help="rebuild from the IR + inputs stored in these sets (numpy only, no calibration)")
@@ -106,6 +129,12 @@ def register(subparsers) -> None:
     c.add_argument("--force", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_committed)
+    cv = act.add_parser("coverage", help="functional-coverage bins the set(s) hit, with counts; stored in each "
+                                         "manifest's 'coverage' field")
+    cv.add_argument("sets", nargs="+", metavar="SET")
+    cv.add_argument("--no-write", action="store_true", help="print only; leave the manifests unchanged")
+    cv.add_argument("--full", action="store_true", help="list log2_code's per-threshold bins one by one")
+    cv.set_defaults(func=cmd_coverage)
 
 
 def _selection(a):
@@ -121,6 +150,10 @@ def cmd_golden(a) -> int:
     from repq_hw.golden.model import replay_hint
     from repq_hw.golden.writer import Formats, GoldenError, check_out, set_name, write_golden_set
 
+    if a.directed:
+        return cmd_directed(a)
+    if isinstance(a.bits, tuple):
+        raise GoldenError("--bits takes one width here (a list such as 4,8 is for --directed)")
     if a.ir and a.model:
         raise GoldenError("give either --ir or --model, not both")
     if not a.ir and not a.model:
@@ -186,6 +219,44 @@ def cmd_golden(a) -> int:
     return 0
 
 
+def cmd_directed(a) -> int:
+    from repq_hw.golden.directed import DIRECTED_BITS, write_directed
+    from repq_hw.golden.writer import GoldenError
+
+    if a.ir or a.model or a.inputs or a.images or a.image_ids or a.checkpoint:
+        raise GoldenError("--directed builds its own graphs and inputs: drop --ir/--model/--inputs/--images")
+    if not a.out:
+        raise GoldenError("--directed needs --out DIR (the sets go to DIR/directed.<op>.w<b>a<b>/)")
+    types = tuple(y for x in a.op_type for y in _csv(x)) or None
+    widths = DIRECTED_BITS if a.bits is None else (a.bits if isinstance(a.bits, tuple) else (a.bits,))
+    paths = write_directed(a.out, types, widths, force=a.force, backend=a.backend)
+    for p in paths:
+        print(f"wrote {p}/")
+    return 0
+
+
+def cmd_coverage(a) -> int:
+    from repq_hw.golden.coverage import missed, set_coverage, table, write_coverage
+
+    covs = []
+    for d in a.sets:
+        cov = set_coverage(d)
+        if not a.no_write:
+            write_coverage(d, cov)
+        covs.append(cov)
+        if len(a.sets) > 1:
+            print(f"== {d}")
+            print(table([cov], compact=not a.full))
+    print(f"== {'all ' + str(len(a.sets)) + ' sets' if len(a.sets) > 1 else a.sets[0]}")
+    print(table(covs, compact=not a.full))
+    miss = missed(covs)
+    print("every bin hit" if not miss else
+          "missed: " + "; ".join(f"{op}: {', '.join(bs)}" for op, bs in sorted(miss.items())))
+    if not a.no_write:
+        print(f"coverage written to the manifest of {len(a.sets)} set(s)")
+    return 0
+
+
 def cmd_verify(a) -> int:
     from repq_hw.golden.verify import verify_golden_set
 
@@ -213,6 +284,14 @@ def cmd_replay(a) -> int:
             bad += 1
             print("\n".join("    " + ln for ln in r.output.strip().splitlines()[-15:]))
     return 1 if bad else 0
+
+
+def cmd_diff(a) -> int:
+    from repq_hw.golden.diff import diff_dump
+
+    rep = diff_dump(a.dir, a.dump, a.map, partial=a.partial)
+    print(rep.text())
+    return 1 if rep.diverged else 0
 
 
 def cmd_committed(a) -> int:

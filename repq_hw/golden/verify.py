@@ -438,6 +438,16 @@ def _verify(rep: VerifyReport, root: Path, backend: str, execute: bool) -> None:
                 fe["sha256"] = rec.get(fe["path"], fe["sha256"])
     free = {tuple(f.split(".")) for f in FREE_FIELDS}
     diffs: list = []
+    cov = m.get("coverage")
+    if cov is not None:  # optional (`repq-hw golden coverage`): recomputed from the re-executed tensors
+        m = {k: v for k, v in m.items() if k != "coverage"}
+        if execute:
+            from repq_hw.golden.coverage import env_coverage
+
+            try:
+                _diff(env_coverage(expected, env, g), cov, ["coverage"], diffs)
+            except Exception as e:  # noqa: BLE001
+                rep.problems.append(f"manifest field coverage: cannot recompute it: {type(e).__name__}: {e}")
     _diff(expected, m, [], diffs)
     found = [msg for parts, msg in diffs if not any(tuple(str(p) for p in parts[:len(f)]) == f for f in free)]
     rep.problems.extend(found)
