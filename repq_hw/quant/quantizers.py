@@ -21,22 +21,30 @@ log-sqrt(2) quantizer searches ``delta = quantile(x, p)`` the same way.
 
 Unlike the reference, the search is vectorised over channels and never sorts a whole channel: the
 quantiles need only the top and bottom 0.1 % of each row (:func:`row_extremes`), and the candidates
-are scored for all channels at once. The quantile's fractional rank is computed in float64, so a value
-can differ from ``torch.quantile`` (which computes the rank in float32) by float32 rounding of the
-interpolation weight.
+are scored for all channels at once. The quantiles are nevertheless exactly ``torch.quantile``'s: its
+rank and interpolation arithmetic is restated on the extremes (see "torch.quantile's arithmetic" below:
+q rounded to float32, the rank in double or, in older torch, in float32, torch's lerp with or without a
+fused multiply-add, detected once from the running torch), and where an older torch refuses a row of
+more than 2^24 elements the value is the reference's ``np.percentile`` fallback. Both calibration modes
+(``zero_point="round"`` and the reference mode ``"mean"``) use these quantiles.
 
 float32 CPU data goes through the Numba kernels of ``fused.py`` (one pass per chunk instead of ~9 torch
 passes per candidate): they return the same extremes and uniform dequantized values bit for bit, round
 -2 log2 exactly where torch's float32 log2 may err by an ulp, and sum the squared errors in float64
-(torch: float32), so two candidates whose scores differ by float32 rounding may rank differently from
-the torch expressions. The torch expressions here remain the definition and run for every other dtype or
-device; the fake-quant forward of either quantizer computes the definition (the uniform one through a
-bit-identical Numba kernel).
+(torch: float32). Where that could matter -- a row whose best two float64 scores lie within
+``SCORE_TIE_BAND`` (1e-4 relative) -- the choice is re-made with the reference's own float32 torch
+expression on the reference's view of the data (:func:`reference_uniform_score`,
+:func:`reference_log_sqrt2_score`); such rows are rare (a handful per model), so the search keeps the
+reference's choice at the kernels' speed. The torch expressions here remain the definition and run for
+every other dtype or device; the fake-quant forward of either quantizer computes the definition (the
+uniform one through a bit-identical Numba kernel).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,6 +61,12 @@ MIN_DELTA = 1e-8
 
 def _fusable(x: torch.Tensor) -> bool:
     """float32 CPU tensors take the Numba kernels of fused.py; anything else the torch expressions."""
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def _cpu_f32(x: torch.Tensor) -> bool:
+    """float32 on the CPU: the quantiles are restated from the tails (torch.quantile's CPU arithmetic,
+    detected from the running torch); other dtypes and devices call torch.quantile itself."""
     return x.dtype == torch.float32 and x.device.type == "cpu"
 
 
@@ -132,38 +146,216 @@ def row_extremes(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
             torch.topk(rows, k, dim=1, largest=False, sorted=True).values)
 
 
-def _tail_depth(n: int, probs: tuple[float, ...], upper: bool) -> int:
-    """How many extremes the quantiles at probs need (+2 for the interpolation neighbour)."""
-    ranks = [p * (n - 1) for p in probs]
-    depth = [(n - 1 - math.floor(r)) if upper else math.ceil(r) for r in ranks]
-    return min(n, max(depth) + 2)
+# ---------------------------------------------------------------------------------------------------
+# torch.quantile's arithmetic, restated on the tails of each row.
+#
+# torch.quantile(x, q) (linear interpolation; ATen, aten/src/ATen/native/Sorting.cpp, quantile_compute)
+# takes q as a tensor of x's dtype (the Python float is rounded to float32 first: 0.999 becomes
+# 0.99900001287...), forms the rank r = q * (n - 1), gathers the sorted values at trunc(r) and ceil(r) and
+# interpolates with at::lerp, weight w = r - trunc(r) in x's dtype. Two generations of that arithmetic:
+#   * "float64" ranks (PyTorch PR #187574, in the torch this project pins): r is computed in double from
+#     the float32 q, w = float32(r - trunc(r)); no size limit on CPU;
+#   * "float32" ranks (older torch): r = float32(q * float32(n - 1)), w = r - trunc(r) exactly, and rows
+#     of more than 2^24 elements are refused ("quantile() input tensor is too large"); the RepQ-ViT code
+#     then falls back to np.percentile(x, 100 * q) on the whole tensor, rounded to float32.
+# at::lerp (aten/src/ATen/native/Lerp.h, lerp and is_lerp_weight_small), all in float32 (opmath of float)
+# with d = b - a: a + w * d for |w| < 0.5, else b - d * (1 - w). The vectorised CPU kernel
+# (native/cpu/LerpKernel.cpp, lerp_vec) writes the same as one vec::fmadd(w or w - 1, d, a or b); the
+# one-element lerp of torch.quantile runs the scalar lerp, and measured on torch 2.14.1 it is rounded once
+# (a fused multiply-add) under the AVX2 and AVX-512 capabilities and twice (product, then sum) under
+# "default". Which of the four combinations the running torch computes is detected once, by probing
+# torch itself (:func:`torch_quantile_arithmetic`); if none fits, the quantiles are taken from
+# torch.quantile itself, one row at a time (exact, slower).
+
+QUANTILE_F32_RANK_LIMIT = 1 << 24  # older torch refuses longer rows (float32 ranks)
 
 
-def _interpolate(tail: torch.Tensor, n: int, probs: tuple[float, ...], upper: bool) -> torch.Tensor:
-    """torch.quantile's linear interpolation from the sorted extremes of each row."""
+def _round_f64_to_f32(s: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """float32 nearest (ties to even) to the exact value s + err, where s is a float64 and |err| is at most
+    half an ulp of s: float32(s) unless s lies exactly half-way between two float32s and err breaks the tie."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = s.astype(np.float32)
+        r64 = r.astype(np.float64)
+        other = np.where(r64 > s, np.nextafter(r, np.float32(-np.inf)), np.nextafter(r, np.float32(np.inf)))
+        half_way = (r64 + other.astype(np.float64)) * 0.5 == s  # exact: two adjacent float32s fit a double
+        fix = half_way & (err != 0) & np.isfinite(s)
+        toward = np.where(err > 0, np.maximum(r, other), np.minimum(r, other))
+    return np.where(fix, toward, r)
+
+
+def fma_f32(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """x * y + z of float32 arrays, rounded once to float32 (a fused multiply-add).
+
+    x * y is exact in float64 (24 + 24 significant bits); the sum is rounded to float64 with its exact
+    error (TwoSum), and the float32 rounding uses that error to settle a double-rounding tie."""
+    x, y, z = (np.asarray(v, dtype=np.float32).astype(np.float64) for v in (x, y, z))
+    p = x * y
+    s = p + z
+    bp = s - p
+    err = (p - (s - bp)) + (z - bp)
+    return _round_f64_to_f32(s, err)
+
+
+def torch_lerp_f32(a: np.ndarray, b: np.ndarray, w: np.float32, fused_madd: bool) -> np.ndarray:
+    """at::lerp(a, b, w) in float32 (see the comment above): a + w (b - a) for |w| < 0.5, else
+    b - (b - a)(1 - w); with fused_madd each multiply-add is rounded once."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    w = np.float32(w)
+    d = b - a
+    one = np.float32(1.0)
+    if abs(w) < 0.5:
+        return fma_f32(w, d, a) if fused_madd else a + w * d
+    return fma_f32(w - one, d, b) if fused_madd else b - d * (one - w)
+
+
+def torch_quantile_rank(n: int, q: float, rank: str) -> tuple[int, int, np.float32]:
+    """(trunc(r), ceil(r), weight) of torch.quantile's rank r = q * (n - 1), q rounded to float32 first;
+    rank "float64" (current torch) or "float32" (older torch)."""
+    qf = np.float32(q)
+    if rank == "float64":
+        r = float(qf) * float(n - 1)
+        lo = int(r)
+        return lo, math.ceil(r), np.float32(r - lo)
+    r32 = qf * np.float32(n - 1)  # n - 1 < 2^24: exact in float32
+    lo = int(r32)
+    return lo, math.ceil(float(r32)), np.float32(r32 - np.float32(lo))
+
+
+@dataclass(frozen=True)
+class QuantileArithmetic:
+    """How the running torch computes torch.quantile (see the comment above :func:`fma_f32`)."""
+
+    rank: str  # "float64" or "float32"
+    fused_madd: bool  # lerp rounded once (FMA) or twice
+
+    @property
+    def size_limit(self) -> int | None:
+        return QUANTILE_F32_RANK_LIMIT if self.rank == "float32" else None
+
+
+QUANTILE_ARITHMETICS = tuple(QuantileArithmetic(r, f) for r in ("float64", "float32") for f in (True, False))
+_detected: list = []  # [QuantileArithmetic | None] once detected
+
+
+def _lerp_probes() -> list[tuple[np.float32, np.float32, np.float32]]:
+    """Fixed (a, b, w) triples, both weight branches, on which the fused and unfused lerp differ."""
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal(4096).astype(np.float32)
+    b = (a + rng.standard_normal(4096).astype(np.float32) * np.float32(3.0)).astype(np.float32)
+    out = []
+    for w in (np.float32(0.1234567), np.float32(0.7654321)):
+        diff = np.flatnonzero(torch_lerp_f32(a, b, w, True) != torch_lerp_f32(a, b, w, False))[:4]
+        out += [(a[i], b[i], w) for i in diff]
+    return out
+
+
+def torch_quantile_arithmetic() -> QuantileArithmetic | None:
+    """Which :data:`QUANTILE_ARITHMETICS` entry the running torch computes (probed once: torch.lerp on
+    one-element float32 tensors, the path torch.quantile takes, and torch.quantile on a few rows), or None
+    if none reproduces it."""
+    if _detected:
+        return _detected[0]
+    found = None
+    probes = _lerp_probes()
+    a = torch.tensor([p[0] for p in probes])
+    b = torch.tensor([p[1] for p in probes])
+    w = torch.tensor([p[2] for p in probes])
+    got = np.array([torch.lerp(a[i : i + 1], b[i : i + 1], w[i : i + 1]).item() for i in range(len(probes))],
+                   dtype=np.float32)
+    rng = np.random.default_rng(5)
+    rows = [rng.standard_normal(n).astype(np.float32) for n in (1001, 4099, 20011, 100003)]
+    want = [[np.float32(torch.quantile(torch.from_numpy(x), q).item()) for q in (0.999, 0.9999, 0.99999, 0.001)]
+            for x in rows]
+    for arith in QUANTILE_ARITHMETICS:
+        lerp_ok = all(torch_lerp_f32(p[0], p[1], p[2], arith.fused_madd) == g for p, g in zip(probes, got))
+        if not lerp_ok:
+            continue
+        ok = True
+        for x, wq in zip(rows, want):
+            s = np.sort(x)
+            for q, v in zip((0.999, 0.9999, 0.99999, 0.001), wq):
+                lo, hi, wt = torch_quantile_rank(x.size, q, arith.rank)
+                ok &= bool(torch_lerp_f32(s[lo], s[hi], wt, arith.fused_madd).view(np.int32)
+                           == v.view(np.int32))
+        if ok:
+            found = arith
+            break
+    _detected.append(found)
+    return found
+
+
+def _quantile_numpy_fallback(row: torch.Tensor, p: float) -> torch.Tensor:
+    """What the RepQ-ViT code computes where an older torch refuses the row (more than 2^24 elements):
+    np.percentile(x, 100 p) of the float32 data, as a float32 tensor."""
+    return torch.tensor(np.float32(np.percentile(row.detach().cpu().numpy(), p * 100)))
+
+
+def _quantile_rows_torch(rows: torch.Tensor, probs: tuple[float, ...]) -> torch.Tensor:
+    """[C, P] torch.quantile of each row, one call per row and level (the reference's own calls), with
+    its np.percentile fallback where torch refuses the row."""
+    def one(r, p):
+        try:
+            return torch.quantile(r, p)
+        except RuntimeError:  # "quantile() input tensor is too large" (older torch, > 2^24 elements)
+            return _quantile_numpy_fallback(r, p).to(r.dtype)
+    return torch.stack([torch.stack([one(r, p) for p in probs]) for r in rows]).to(rows.device)
+
+
+def _tail_depth(n: int, probs: tuple[float, ...], upper: bool, rank: str) -> int:
+    """How many extremes the quantiles at probs read (both interpolation neighbours)."""
+    ranks = [torch_quantile_rank(n, p, rank) for p in probs]
+    depth = [(n - lo) if upper else (hi + 1) for lo, hi, _ in ranks]
+    return min(n, max(depth))
+
+
+def _interpolate(tail: torch.Tensor, n: int, probs: tuple[float, ...], upper: bool,
+                 arith: QuantileArithmetic) -> torch.Tensor:
+    """torch.quantile from the sorted extremes of each row (see the comment above :func:`fma_f32`)."""
+    t = tail.numpy()
     out = []
     for p in probs:
-        r = p * (n - 1)  # float64 fractional rank into the ascending sort
-        lo, hi = math.floor(r), min(math.floor(r) + 1, n - 1)
+        lo, hi, w = torch_quantile_rank(n, p, arith.rank)
         if upper:  # ascending position i is tail index n-1-i
-            v_lo, v_hi = tail[:, n - 1 - lo], tail[:, n - 1 - hi]
+            a, b = t[:, n - 1 - lo], t[:, n - 1 - hi]
         else:
-            v_lo, v_hi = tail[:, lo], tail[:, hi]
-        out.append(torch.lerp(v_lo, v_hi, torch.full_like(v_lo, r - lo)))
-    return torch.stack(out, dim=1)
+            a, b = t[:, lo], t[:, hi]
+        out.append(torch_lerp_f32(a, b, w, arith.fused_madd))
+    return torch.from_numpy(np.stack(out, axis=1).astype(np.float32))
+
+
+_warned_unknown = []
+
+
+def _quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool,
+               extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """[C, P] torch.quantile of each row at probs (all in one tail), or the reference's fallback."""
+    n = rows.shape[1]
+    arith = torch_quantile_arithmetic() if _cpu_f32(rows) else None
+    if arith is None:  # other dtypes or devices, or a torch whose quantile none of the statements fits
+        if _cpu_f32(rows) and not _warned_unknown:
+            _warned_unknown.append(True)
+            warnings.warn(f"torch {torch.__version__}: torch.quantile matches none of the known arithmetics; "
+                          "calibration calls torch.quantile per channel (exact, slower)", stacklevel=3)
+        return _quantile_rows_torch(rows, probs)
+    if arith.size_limit is not None and n > arith.size_limit:
+        return torch.tensor([[_quantile_numpy_fallback(r, p).item() for p in probs] for r in rows])
+    if extremes is None:
+        extremes = row_extremes(rows, _tail_depth(n, probs, upper, arith.rank))
+    return _interpolate(extremes[0] if upper else extremes[1], n, probs, upper, arith)
 
 
 def percentile_bounds(rows: torch.Tensor, probs: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(quantile(rows, p), quantile(rows, 1 - p)) for each p in probs (all >= 0.99), per row: [C, P] each.
-
-    Quantiles use torch.quantile's linear interpolation, but the fractional rank is computed in float64
-    (torch uses float32), so the interpolation weight can differ by float32 rounding. Rows must be finite.
-    """
+    """(quantile(rows, p), quantile(rows, 1 - p)) for each p in probs (all >= 0.99), per row: [C, P] each,
+    bit for bit what ``torch.quantile(row, p)`` returns (or, for a row an older torch refuses, what the
+    reference code computes instead). Rows must be finite."""
     n = rows.shape[1]
-    lows = tuple(1.0 - p for p in probs)
-    k = max(_tail_depth(n, probs, True), _tail_depth(n, lows, False))
-    up, lo = row_extremes(rows, k)
-    return _interpolate(up, n, probs, True), _interpolate(lo, n, lows, False)
+    lows = tuple(1.0 - p for p in probs)  # as the reference: 1.0 - pct in double, then torch's float32
+    arith = torch_quantile_arithmetic() if _cpu_f32(rows) else None
+    extremes = None
+    if arith is not None and (arith.size_limit is None or n <= arith.size_limit):
+        k = max(_tail_depth(n, probs, True, arith.rank), _tail_depth(n, lows, False, arith.rank))
+        extremes = row_extremes(rows, k)
+    return _quantiles(rows, probs, True, extremes), _quantiles(rows, lows, False, extremes)
 
 
 def tail_quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool) -> torch.Tensor:
@@ -177,9 +369,7 @@ def tail_quantiles(rows: torch.Tensor, probs: tuple[float, ...], upper: bool) ->
     Returns:
         [C, len(probs)] tensor of quantiles.
     """
-    n = rows.shape[1]
-    up, lo = row_extremes(rows, _tail_depth(n, probs, upper))
-    return _interpolate(up if upper else lo, n, probs, upper)
+    return _quantiles(rows, probs, upper)
 
 
 def uniform_scores_torch(rows: torch.Tensor, deltas: torch.Tensor, zps: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -205,12 +395,48 @@ def _uniform_scores(rows: torch.Tensor, deltas: torch.Tensor, zps: torch.Tensor,
     return torch.from_numpy(sums / rows.shape[1])
 
 
-def uniform_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+# Candidate scores: the kernels sum squared errors in float64, the reference takes torch's float32 mean of
+# (x - x_hat)^2 over its own view of the data. The two orders agree except where two candidates' scores are
+# so close that float32 rounding can swap them; where the float64 scores of a row's best candidate and
+# another lie within this relative band, the row's choice is re-made with the reference's own float32
+# expression, on the tensor view the reference scores (:func:`reference_uniform_score`).
+SCORE_TIE_BAND = 1e-4
+
+
+def reference_uniform_score(x: torch.Tensor, delta: torch.Tensor, zero_point: torch.Tensor,
+                            n_bits: int) -> torch.Tensor:
+    """The reference's score of one candidate: mean(|x - fake_quant(x)|^2), torch float32 operations in
+    its order, on x as given (its layout fixes torch's summation order)."""
+    x_q = torch.clamp(torch.round(x / delta) + zero_point, 0, 2**n_bits - 1)
+    return (x - (x_q - zero_point) * delta).abs().pow(2).mean()
+
+
+def _near_tie_rows(scores: torch.Tensor) -> list[int]:
+    """Rows whose best float64 score has a rival within SCORE_TIE_BAND (relative)."""
+    s = scores.double()
+    best = s.min(dim=1, keepdim=True).values
+    near = (s - best) <= SCORE_TIE_BAND * best.abs()
+    return torch.nonzero(near.sum(dim=1) > 1).flatten().tolist()
+
+
+def _reference_pick(scores) -> int:
+    """Index of the first candidate whose score is below every earlier one (the reference's strict "<"
+    scan from 1e10); 0 where none is."""
+    pick, best = 0, 1e10
+    for k, sc in enumerate(scores):
+        if sc < best:
+            pick, best = k, sc
+    return pick
+
+
+def uniform_search(rows: torch.Tensor, n_bits: int, view=None) -> tuple[torch.Tensor, torch.Tensor]:
     """RepQ-ViT's percentile search for asymmetric uniform quantization, for every row at once.
 
     Args:
         rows: [C, n] calibration data without NaN, one row per channel (C = 1 for per-tensor).
         n_bits: bit width b; codes lie in [0, 2^b - 1].
+        view: optional callable c -> the reference's tensor for channel c (its layout decides torch's
+            summation order in a near tie); default rows[c].
 
     Returns:
         (delta [C], zero_point [C]) float tensors; zero_point holds integers.
@@ -222,6 +448,11 @@ def uniform_search(rows: torch.Tensor, n_bits: int) -> tuple[torch.Tensor, torch
     zps = torch.round(-mins / deltas)
     scores = _uniform_scores(rows, deltas, zps, n_bits)
     best = scores.argmin(dim=1)  # first minimum, as a strict "<" scan
+    if _fusable(rows):
+        for c in _near_tie_rows(scores):  # rare: settled with the reference's float32 scores
+            x = rows[c] if view is None else view(c)
+            best[c] = _reference_pick([reference_uniform_score(x, deltas[c, k], zps[c, k], n_bits)
+                                       for k in range(deltas.shape[1])])
     idx = torch.arange(rows.shape[0])
     return deltas[idx, best], zps[idx, best]
 
@@ -284,10 +515,12 @@ def _log_limit(n_bits: int, zero_state: str) -> int:
     return 2**n_bits if zero_state == "reference" else 2**n_bits - 1
 
 
-def log_sqrt2_search(flat: torch.Tensor, n_bits: int, zero_state: str) -> torch.Tensor:
-    """Percentile search of delta for the log-sqrt(2) quantizer (per tensor)."""
+def log_sqrt2_search(flat: torch.Tensor, n_bits: int, zero_state: str,
+                     original: torch.Tensor | None = None) -> torch.Tensor:
+    """Percentile search of delta for the log-sqrt(2) quantizer (per tensor); original: the calibration
+    tensor in its own layout (the reference scores it as it is; used in a near tie)."""
     flat = flat.detach().reshape(1, -1)
-    cands = percentile_bounds(flat, PERCENTILES)[0][0]
+    cands = tail_quantiles(flat, PERCENTILES, upper=True)[0]
     if _fusable(flat):
         tables = torch.stack([log_sqrt2_table(d, n_bits) for d in cands])
         sums = fused.log_sqrt2_sq_err(flat.contiguous().numpy(), cands.numpy(), tables.numpy(),
@@ -295,6 +528,9 @@ def log_sqrt2_search(flat: torch.Tensor, n_bits: int, zero_state: str) -> torch.
         scores = (sums / flat.shape[1]).tolist()
     else:
         scores = log_sqrt2_scores_torch(flat, cands, n_bits, zero_state)
+    if _fusable(flat) and zero_state == "reference" and _near_tie_rows(torch.tensor([scores])):
+        x = flat[0] if original is None else original.detach().clone()  # rare: the reference's scores
+        scores = [reference_log_sqrt2_score(x, d, n_bits).item() for d in cands]
     best, best_score = None, math.inf
     for d, score in zip(cands, scores):
         if score < best_score:  # strict: the first of equal scores wins; NaN never wins
@@ -302,6 +538,31 @@ def log_sqrt2_search(flat: torch.Tensor, n_bits: int, zero_state: str) -> torch.
     if best is None:  # every candidate gave NaN: degenerate (all-zero) input
         best = cands[-1]
     return best.clamp_min(MIN_DELTA)
+
+
+def reference_log_sqrt2_score(x: torch.Tensor, delta: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """The reference's score of one log-sqrt(2) candidate (2^b + 1 states): torch float32 operations in
+    its order (float32 log2 included), mean(|x - x_hat|^2) on x as given."""
+    levels = 2**n_bits
+    raw = torch.round(-1 * (x / delta).log2() * 2)
+    code = torch.clamp(raw, 0, levels - 1)
+    x_hat = 2 ** (-1 * torch.ceil(code / 2)) * ((code % 2) * (math.sqrt(2) - 1) + 1) * delta
+    x_hat[raw >= levels] = 0
+    return (x - x_hat).abs().pow(2).mean()
+
+
+class _ReferenceView:
+    """view(c): the tensor the reference scores for channel c: its ``x.clone()`` (strides kept where x
+    is dense, else contiguous), whole for per-tensor, ``[..., c]`` / ``[c]`` channel-wise. Cloned on
+    first use only (near ties are rare)."""
+
+    def __init__(self, x: torch.Tensor, channel_wise: bool, axis: int):
+        self.x, self.channel_wise, self.axis, self.clone = x.detach(), channel_wise, axis, None
+
+    def __call__(self, c: int) -> torch.Tensor:
+        if self.clone is None:
+            self.clone = self.x.clone()
+        return self.clone.select(self.axis, c) if self.channel_wise else self.clone
 
 
 class UniformQuantizer(nn.Module):
@@ -350,8 +611,11 @@ class UniformQuantizer(nn.Module):
         """Set delta and zero_point from calibration data x."""
         rows = self._rows(x.detach()).contiguous()  # a copy unless x is contiguous and per tensor
         check_calibration_data(rows, self.name, tuple(x.shape))
-        search = uniform_search if self.method == "percentile" else minmax_search
-        delta, zp = search(rows, self.n_bits)
+        if self.method == "percentile":
+            view = _ReferenceView(x, self.channel_wise, self.channel_axis)
+            delta, zp = uniform_search(rows, self.n_bits, view)
+        else:
+            delta, zp = minmax_search(rows, self.n_bits)
         if not self.channel_wise:
             delta, zp = delta[0], zp[0]
         self.delta, self.zero_point = delta.to(x.device), zp.to(x.device)
@@ -427,7 +691,7 @@ class LogSqrt2Quantizer(nn.Module):
 
     def calibrate(self, x: torch.Tensor) -> None:
         check_calibration_data(x, self.name)
-        self.delta = log_sqrt2_search(x, self.n_bits, self.zero_state).to(x.device)
+        self.delta = log_sqrt2_search(x, self.n_bits, self.zero_state, original=x).to(x.device)
         self.inited = True
         if self.on_init is not None:
             self.on_init(self)
