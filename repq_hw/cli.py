@@ -39,7 +39,8 @@ def _model_args(p: argparse.ArgumentParser, default: str | None = "vit_digits") 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="local weights: .safetensors, or .pth/.bin (weights_only)")
     src.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a network)")
-    p.add_argument("--data", help="'digits' (default for the bundled models), an ImageFolder directory, or, "
+    p.add_argument("--data", help="'digits' (default for the bundled *_digits models), 'mnist' (default for "
+                                  "vit_mnist: its 3,000-image MNIST test split), an ImageFolder directory, or, "
                                   "for evaluating the bundled models only, 'mnist-digits' (5,000 MNIST digits "
                                   "in the digits format) or 'digits+mnist' (360 + 5,000)")
 
@@ -49,8 +50,12 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a-bits", type=bits, help="activation bits, 2..8 (default 4)")
     p.add_argument("--method", choices=("repq", "naive"), default="repq")
     p.add_argument("--no-reparam", action="store_true", help="keep post-LN quantizers channel-wise")
-    p.add_argument("--zero-point", choices=("round", "mean"), default="round",
-                   help="z~ of the reparameterized quantizer: round (integer pipeline) or mean (reference)")
+    p.add_argument("--zero-point", choices=("round", "mean"), default=None,
+                   help="z~ of the reparameterized quantizer: round (default; integer pipeline) or mean "
+                        "(the reference mode)")
+    p.add_argument("--reference", action="store_true",
+                   help="the reference mode: reproduce the RepQ-ViT code bit for bit (= --zero-point mean; "
+                        "fake-quant only, cannot be lowered to integers)")
     p.add_argument("--calib-data", help="ImageFolder for calibration (default: --data)")
     p.add_argument("--calib-size", type=positive_int, default=32, help="calibration images (default 32)")
     p.add_argument("--seed", type=seed, default=0, help="calibration seed (default 0)")
@@ -61,8 +66,16 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
 def _cfg(a, w_bits: int | None = None, a_bits: int | None = None):
     from repq_hw.quant.model import QuantConfig
 
+    zero_point = a.zero_point or "round"
+    if getattr(a, "reference", False):
+        clash = [f for f, bad in (("--method naive", a.method != "repq"), ("--no-reparam", a.no_reparam),
+                                  ("--zero-point round", a.zero_point == "round")) if bad]
+        if clash:
+            raise InputError(f"--reference reproduces RepQ-ViT (method repq, reparameterized, z~ = mean(z)); "
+                             f"it cannot be combined with {', '.join(clash)}")
+        zero_point = "mean"
     return QuantConfig(w_bits=w_bits or a.w_bits or 4, a_bits=a_bits or a.a_bits or 4, method=a.method,
-                       reparam=not a.no_reparam, zero_point=a.zero_point)
+                       reparam=not a.no_reparam, zero_point=zero_point)
 
 
 def check_model(name: str, what: str = "--model") -> None:
@@ -76,7 +89,7 @@ def available_images(model_name: str, data: str | None, split: str) -> tuple[int
     """(number of images, description) that ``data`` (or the model's default data) offers for ``split``
     ("train" is what calibration draws from for the digits; an ImageFolder serves both); None when the
     model needs --data and none was given (the pipeline says so)."""
-    from repq_hw.pipeline import DIGITS, DIGITS_EVAL_ONLY, MNIST_DIGITS, default_data
+    from repq_hw.pipeline import DIGITS, DIGITS_EVAL_ONLY, MNIST, MNIST_DIGITS, default_data
 
     data = data or default_data(model_name)
     if data is None:
@@ -94,6 +107,10 @@ def available_images(model_name: str, data: str | None, split: str) -> tuple[int
         from repq_hw.data.digits import load_digits_split
 
         return len(load_digits_split(split)[0]), f"the digits {split} split"
+    if data == MNIST:
+        from repq_hw.data.mnist import mnist_split_indices
+
+        return len(mnist_split_indices(split)), f"the MNIST {split} split"
     from repq_hw.data.imagefolder import list_image_folder
 
     return len(list_image_folder(data)[0]), f"image folder {data}"
@@ -258,13 +275,19 @@ def cmd_run(a) -> int:
             codes = codes[:a.limit]
     else:
         from repq_hw.data.digits import load_digits_split
-        from repq_hw.pipeline import host_input_codes
+        from repq_hw.pipeline import MNIST, default_data, host_input_codes
 
-        xs, ys = load_digits_split("test")
+        # the test split of the graph's model's own data set (vit_mnist: MNIST), else the digits
+        if default_data(str(g.meta.get("model", ""))) == MNIST:
+            from repq_hw.data.mnist import load_mnist_split
+
+            (xs, ys), set_name = load_mnist_split("test"), "MNIST"
+        else:
+            (xs, ys), set_name = load_digits_split("test"), "digits"
         if a.limit is not None and a.limit > len(xs):
-            raise InputError(f"--limit {a.limit}: the digits test split has only {len(xs)} images")
+            raise InputError(f"--limit {a.limit}: the {set_name} test split has only {len(xs)} images")
         if tuple(xs.shape[1:]) != t.shape:
-            raise InputError(f"--ir {a.ir!r}: its input takes [B, {', '.join(map(str, t.shape))}], the digits "
+            raise InputError(f"--ir {a.ir!r}: its input takes [B, {', '.join(map(str, t.shape))}], the {set_name} "
                              f"test images are {list(xs.shape[1:])}; give the images with --npy")
         n = a.limit or len(xs)
         codes, labels = host_input_codes(g, xs[:n].numpy()), ys[:n].numpy()
@@ -276,7 +299,7 @@ def cmd_run(a) -> int:
     for i in range(min(len(out), a.show)):
         print(f"image {i}: top-{k} classes {top[i].tolist()}  int32 logits {out[i, top[i]].tolist()}")
     if labels is not None:
-        print(f"integer top-1 on {len(labels)} digits test images: {100 * (top[:, 0] == labels).mean():.2f}%")
+        print(f"integer top-1 on {len(labels)} {set_name} test images: {100 * (top[:, 0] == labels).mean():.2f}%")
     else:
         print(f"ran {len(out)} image(s) from {a.npy}")
     return 0
