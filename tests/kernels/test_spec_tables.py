@@ -143,8 +143,8 @@ RUNNERS: dict[tuple[str, frozenset], list[tuple[str, Callable[..., Any]]]] = {
         (name, lambda fn=fn, **k: fn(_u8(k["a"]), k["a_zp"], _u8(k["w"]), _i32(k["w_zp"]), _i32(k["bias"])))
         for name, fn in (("ref", gemm.gemm_zp_ref), ("numba", gemm.gemm_zp))
     ],
-    ("gemm_zp", frozenset({"a", "a_zp", "b", "b_zp"})): [
-        (name, lambda fn=fn, **k: fn(_u8(k["a"]), k["a_zp"], _u8(k["b"]), k["b_zp"]))
+    ("gemm_zp", frozenset({"q", "q_zp", "k", "k_zp"})): [  # IR op bmm_qk: kernel bmm_zp(a=q, b=k)
+        (name, lambda fn=fn, **k: fn(_u8(k["q"]), k["q_zp"], _u8(k["k"]), k["k_zp"]))
         for name, fn in (("ref", gemm.bmm_zp_ref), ("numba", gemm.bmm_zp))
     ],
     ("isqrt", frozenset({"n"})): [
@@ -254,3 +254,101 @@ def test_parser_rejects_page_without_table(tmp_path: Path):
         "# x\n\n## Examples\n\n| case | n | expected |\n|---|---|---|\n| a | 4 | 2 |\n", encoding="utf-8"
     )
     assert example_tables(p) == [(["case", "n", "expected"], [["a", "4", "2"]])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stored widths the spec states (docs/arith.md section 5, docs/ops/log2_code.md "δ in the IR") are the
+# committed IRs' own
+
+REPO = DOCS.parents[1]
+COMMITTED = {"W4A4": REPO / "golden_vectors" / "vit_digits.w4a4.seed0",
+             "W8A8": REPO / "golden_vectors" / "vit_digits.w8a8.seed0"}
+
+
+def _committed_graph(label: str):
+    d = COMMITTED[label]
+    if not (d / "ir" / "graph.json").is_file():
+        pytest.skip(f"no committed golden set {d.name}")
+    from repq_hw.ir.graph import load_graph
+
+    return load_graph(d / "ir", validate=False)
+
+
+def _width_table() -> list[list[str]]:
+    text = (DOCS.parent / "arith.md").read_text(encoding="utf-8")
+    sec = text[text.index("## 5. What the IR carries"):]
+    rows = [split_row(ln) for ln in sec.splitlines() if ln.startswith("|")]
+    assert rows[0][:3] == ["constant (role)", "op", "rule"], rows[0]
+    assert all(len(r) == 5 for r in rows), "arith.md §5: a row without 5 cells (a | inside a cell?)"
+    return rows[2:]
+
+
+def _types_of(cell: str) -> tuple[str, set[str] | tuple[str, str]]:
+    """'int8, int9' -> ('set', {...}); 'int43 … int48' -> ('range', (lo, hi))."""
+    if "…" in cell:
+        lo, hi = (c.strip() for c in cell.split("…"))
+        return "range", (lo, hi)
+    return "set", {c.strip() for c in cell.split(",")}
+
+
+@pytest.mark.parametrize("label", sorted(COMMITTED))
+def test_arith_width_table_is_what_the_committed_irs_store(label):
+    from repq_hw.ir.graph import int_type
+    from repq_hw.lower.builder import smallest_int_type
+
+    g = _committed_graph(label)
+    col = 3 if label == "W4A4" else 4
+    for row in _width_table():
+        roles = re.findall(r"`(\w+)`", row[0])
+        ops = re.findall(r"`(\w+)`", row[1])
+        stored = {g.const_types[c].name for n in g.nodes if n.op.value in ops
+                  for r, c in n.consts.items() if r in roles}
+        assert stored, f"arith.md §5 row {row[0]}: no such constant in the {label} IR"
+        kind, want = _types_of(row[col])
+        if kind == "set":
+            assert stored == want, f"arith.md §5 row {row[0]} ({label}): IR stores {sorted(stored)}"
+        else:
+            lo, hi = (int_type(t, (1,)) for t in want)
+            ts = [int_type(t, (1,)) for t in stored]
+            assert {t.signed for t in ts} == {lo.signed}, f"row {row[0]} ({label}): signedness {sorted(stored)}"
+            assert min(t.bits for t in ts) == lo.bits and max(t.bits for t in ts) == hi.bits, (
+                f"arith.md §5 row {row[0]} ({label}): IR stores {sorted(stored)}")
+    # the rule itself: the narrowest type (>= 8 bits), except the documented explicit types
+    for n in g.nodes:
+        for role, c in n.consts.items():
+            t = g.const_types[c]
+            if role in ("weight", "value", "rows"):
+                continue
+            s = smallest_int_type(g.constants[c])
+            assert (t.signed, t.bits) == (s.signed, s.bits), f"{c}: stored {t.name}, the rule gives {s.name}"
+
+
+def test_log2_thresholds_come_from_the_manifest_scale():
+    """docs/ops/log2_code.md: δ is the `scale` of the log2_code output (graph.json tensor, manifest tensor
+    entry and ops[].scale.output), and log2_thresholds(δ, bits, P, L) gives the stored thresholds, for every
+    log2_code op of the committed sets."""
+    from repq_hw.golden import GoldenSet
+
+    n_ops = 0
+    for label, d in COMMITTED.items():
+        if not (d / "manifest.json").is_file():
+            continue
+        gs = GoldenSet(d)
+        for op in gs.ops:
+            if op["op"] != "log2_code":
+                continue
+            entry = gs.tensor_entry(op["outputs"][0]["tensor"])
+            assert op["scale"]["output"] == entry["scale"], f"{label} {op['name']}: two different scales"
+        g = _committed_graph(label)
+        for n in g.nodes:
+            if n.op.value != "log2_code":
+                continue
+            prob = next(p for p in g.nodes if n.inputs[0] in p.outputs)
+            assert prob.op.value == "softmax"
+            delta = g.tensors[n.outputs[0]].scale
+            th = g.const(n, "thresholds").astype(np.int64)
+            want = log2_code.log2_thresholds(delta, int(n.attrs["bits"]), int(prob.attrs["out_bits"]), th.shape[0])
+            assert np.array_equal(np.asarray(want, dtype=np.int64), th), f"{label} {n.name}"
+            n_ops += 1
+    if not n_ops:
+        pytest.skip("no committed golden set in golden_vectors/")
