@@ -81,6 +81,18 @@ def digits_inputs(g, n: int | None = 2, ids: list[int] | None = None):
     return host_input_codes(g, imgs), [f"digits:test:{i}" for i in idx]
 
 
+def _provenance_float_env(set_dir: Path) -> dict | None:
+    """The float record in a set's provenance.json, or None (absent, unreadable: provenance is informative)."""
+    from repq_hw.golden.reader import load_json
+    from repq_hw.golden.writer import PROVENANCE
+
+    try:
+        fe = load_json(Path(set_dir) / PROVENANCE, "provenance").get("float_env")
+    except GoldenError:
+        return None
+    return fe if isinstance(fe, dict) else None
+
+
 def _float_record() -> dict:
     """This process's float-environment record (torch side: only called after a calibration)."""
     from repq_hw.float_env import record
@@ -143,9 +155,12 @@ def regenerate_committed(out_root: str | Path = GOLDEN_ROOT, *, from_ir: str | P
             # not schema-validated: a set of an older manifest layout can be rebuilt into the current one
             src = GoldenSet(Path(from_ir) / spec.name, validate=False)
             m = src.manifest
+            # the floats were made by the process that calibrated the source set: keep its record
+            src_fe = _provenance_float_env(src.path)
             p = write_golden_set(src.graph(), src.input_codes(), out, input_ids=m["inputs"]["ids"],
                                  model=m["model"], seed=m["seed"], selection=spec.selection, formats=spec.formats,
-                                 force=force, backend=backend, progress=progress, input_source=m["inputs"]["source"])
+                                 force=force, backend=backend, progress=progress, input_source=m["inputs"]["source"],
+                                 float_env=float_env if float_env is not None else src_fe)
         else:
             p = write_for_model(spec.model, spec.bits, spec.bits, out, images=spec.images, seed=spec.seed,
                                 calib_size=spec.calib_size, selection=spec.selection, formats=spec.formats,

@@ -15,8 +15,10 @@ SPEC_PAGES: dict[Op, list[str]] = {
     Op.SOFTMAX: ["docs/ops/softmax.md"],
     Op.LOG2_CODE: ["docs/ops/log2_code.md"],
     Op.LUT: ["docs/ops/lut.md"],
+    Op.ADD: ["docs/ops/add.md"],
+    Op.ADD_CONST: ["docs/ops/add.md"],
 }
-"""Op -> the pages that specify it bit-exactly (data movement and saturating adds: docs/lowering.md)."""
+"""Op -> the pages that specify it bit-exactly (every other op is data movement: docs/ops/data_movement.md)."""
 
 INPUT_ROLES: dict[Op, tuple[str, ...]] = {
     Op.GEMM: ("a",),
@@ -28,7 +30,7 @@ INPUT_ROLES: dict[Op, tuple[str, ...]] = {
 
 
 def spec_pages(op: Op) -> list[str]:
-    return list(SPEC_PAGES.get(op, ["docs/lowering.md"]))
+    return list(SPEC_PAGES.get(op, ["docs/ops/data_movement.md"]))
 
 
 def input_roles(node: Node) -> list[str]:
