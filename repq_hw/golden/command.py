@@ -194,16 +194,11 @@ def cmd_golden(a) -> int:
     out = Path(a.out) if a.out else Path(set_name(model or "model", g, seed))
     check_out(out, a.force)
     if a.inputs:
-        import numpy as np
-
+        from repq_hw.cli import npy_input_codes  # one reader for run --npy and golden --inputs
         from repq_hw.golden.formats import sha256_bytes
 
         raw = Path(a.inputs).read_bytes()
-        x = np.load(a.inputs, allow_pickle=False)
-        if x.dtype.kind not in "iu":
-            from repq_hw.pipeline import host_input_codes  # float images: host preprocessing (torch side)
-
-            x = host_input_codes(g, x)
+        x = npy_input_codes(a.inputs, g, "--inputs")  # no pickles; shape, finiteness and code range checked
         ids = [f"npy:{sha256_bytes(raw)[:16]}:{i}" for i in range(len(x))]
         source = f"npy file {Path(a.inputs).name}"
     else:

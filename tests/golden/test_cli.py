@@ -69,3 +69,24 @@ def test_numpy_only_write_and_verify(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK " in r.stdout
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["ops"][0]["name"] == "blocks.2.norm1"
+
+
+def test_golden_inputs_refuses_pickles_and_bad_shapes(tmp_path, capsys):
+    """--inputs goes through the same reader as run --npy: one error line naming the option and file."""
+    import pickle
+
+    import numpy as np
+
+    from repq_hw.cli import main
+    from tests.golden.helpers import committed_paths
+
+    ir = committed_paths()[0] / "ir"
+    bad = tmp_path / "evil.npy"
+    bad.write_bytes(pickle.dumps({"x": 1}))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 3), np.uint8))
+    for f in (bad, wrong):
+        rc = main(["golden", "--ir", str(ir), "--inputs", str(f), "--out", str(tmp_path / "gs")])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--inputs" in err and str(f) in err and "Traceback" not in err
+    assert not (tmp_path / "gs").exists()
