@@ -255,7 +255,11 @@ def replay(set_dir: str | Path, op_name: str, *, override: dict[str, str | Path]
     try:
         vvp, ccmd = compile_tb(cfg, Path(build_dir), Path(sim_dir))
         cmd = ["vvp", "-n", str(vvp)] + [f"+{k}={Path(v).resolve()}" for k, v in cfg.files.items()]
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        try:
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise GoldenError(f"replay of {op_name!r}: the simulation ran past {timeout:g} s and was stopped "
+                              f"(a hung testbench, or a set too large for this timeout)") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
