@@ -4,7 +4,9 @@ The data source is either ``"digits"`` (the bundled scikit-learn digits split, f
 ``test_*`` models) or an ImageFolder directory laid out like ImageNet val (timm models). Two evaluation-only
 sets exist for the digits models: ``"mnist-digits"`` (5,000 MNIST digits converted to the digits format,
 ``repq_hw.data.mnist``) and ``"digits+mnist"`` (the 360 digits test images, then those 5,000); a model
-evaluated on them is calibrated on the digits train split, as with ``"digits"``.
+evaluated on them is calibrated on the digits train split, as with ``"digits"``. ``"mnist"`` is the fixed
+2,000 / 3,000 train / test split of the 5,000 real MNIST digits at full resolution (``repq_hw.data.mnist``),
+the default data of the bundled ``vit_mnist``: calibrated on its train split, evaluated on its test split.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ DIGITS = "digits"
 MNIST_DIGITS = "mnist-digits"  # evaluation only: 5,000 MNIST digits in the digits format
 DIGITS_MNIST = "digits+mnist"  # evaluation only: digits test split (360) followed by MNIST_DIGITS (5,000)
 DIGITS_EVAL_ONLY = (MNIST_DIGITS, DIGITS_MNIST)
+MNIST = "mnist"  # the 5,000 MNIST digits at 32x32 (padded), split 2,000 train / 3,000 test (vit_mnist's data)
 
 
 def default_data(model_name: str) -> str | None:
-    return DIGITS if model_name in digits_model_names() else None
+    """The bundled models' own data set (``digits_configs.MODEL_DATA``); None for the others."""
+    if model_name not in digits_model_names():
+        return None
+    from repq_hw.models.digits_configs import model_data
+
+    return MNIST if model_data(model_name) == "mnist" else DIGITS
 
 
 def _check_data(model_name: str, data: str | None) -> str:
@@ -61,6 +69,14 @@ def calibration_images(model: torch.nn.Module, model_name: str, data: str | None
             raise InputError(f"calibration size {n} requested, but the digits train split has only {available} "
                              f"images (use --calib-size {available} or fewer)")
         return calibration_batch(n, seed=seed)
+    if data == MNIST:
+        from repq_hw.data.mnist import mnist_calibration_batch, mnist_split_indices
+
+        available = len(mnist_split_indices("train"))
+        if n > available:
+            raise InputError(f"calibration size {n} requested, but the MNIST train split has only {available} "
+                             f"images (use --calib-size {available} or fewer)")
+        return mnist_calibration_batch(n, seed=seed)
     from repq_hw.data.imagefolder import timm_eval_loader
 
     ds = timm_eval_loader(data, model).dataset
@@ -76,11 +92,11 @@ def eval_batches(model: torch.nn.Module, model_name: str, data: str | None, batc
                  limit: int | None = None):
     """(iterable of (images, labels), number of batches) for evaluation."""
     data = data if data in DIGITS_EVAL_ONLY else _check_data(model_name, data)
-    if data in (DIGITS, *DIGITS_EVAL_ONLY):
+    if data in (DIGITS, MNIST, *DIGITS_EVAL_ONLY):
         from repq_hw.data import digits, mnist
 
         x, y = {DIGITS: lambda: digits.load_digits_split("test"), MNIST_DIGITS: mnist.load_mnist_as_digits,
-                DIGITS_MNIST: mnist.load_digits_and_mnist}[data]()
+                DIGITS_MNIST: mnist.load_digits_and_mnist, MNIST: lambda: mnist.load_mnist_split("test")}[data]()
         if limit is not None:
             x, y = x[:limit], y[:limit]
         return list(batches(x, y, batch_size)), (len(x) + batch_size - 1) // batch_size
@@ -131,7 +147,7 @@ def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = No
         # what was used, not what was asked for: the number of images in the batch, the weights' source
         # (and the source the images came from: an evaluation-only set calibrates on the digits train split)
         source = _check_data(model_name, calib_data or data)
-        source = source if source == DIGITS else str(Path(source).resolve())  # `lower` reopens it
+        source = source if source in (DIGITS, MNIST) else str(Path(source).resolve())  # `lower` reopens it
         extra = {"calibration": {"data": source, "n": res.n_images,
                                  "seed": seed, "seconds": round(res.seconds, 3)},
                  # absolute: `eval --calibrated` reopens it, maybe from another working directory
@@ -169,7 +185,8 @@ def run_ablation(model_name: str, bits: tuple[int, ...] = (8, 6, 4), data: str |
 
 
 def ablation_markdown(model_name: str, rows: list[tuple[str, str, Accuracy]]) -> str:
-    lines = [f"**{model_name}** (digits test split, n={rows[0][2].n})", "",
+    split = "MNIST test split" if default_data(model_name) == MNIST else "digits test split"
+    lines = [f"**{model_name}** ({split}, n={rows[0][2].n})", "",
              "| method | bits | top-1 % | top-5 % | loss |", "|---|---|---:|---:|---:|"]
     for label, bits, acc in rows:
         lines.append(f"| {label} | {bits} | {acc.top1:.2f} | {acc.top5:.2f} | {acc.loss:.4f} |")

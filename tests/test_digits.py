@@ -14,7 +14,10 @@ from repq_hw.data.digits import (
     split_indices,
 )
 from repq_hw.models.digits_configs import DIGITS_MODEL_CONFIGS, create_digits_model
-from repq_hw.models.train_digits import EVAL_BATCH_SIZE, EVAL_NUM_THREADS, weights_paths
+from repq_hw.models.train_digits import EVAL_BATCH_SIZE, EVAL_NUM_THREADS, load_train_split, weights_paths
+
+# the least float test top-1 (%) each bundled model must reach on its own test split
+MIN_TEST_TOP1 = {"vit_digits": 96.0, "swin_digits": 96.0, "vit_mnist": 95.0}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_bundled_weights_reproduce_accuracy(
     model.load_state_dict(load_file(str(st_path)), strict=True)
     model.eval()
 
-    x, y = splits["test"]
+    x, y = load_train_split(name, "test")  # the model's own data set (digits_configs.MODEL_DATA)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(EVAL_NUM_THREADS)
     try:
@@ -110,4 +113,4 @@ def test_bundled_weights_reproduce_accuracy(
     top1 = 100.0 * correct / x.shape[0]
     assert top1 == meta["test_top1"]
     assert abs(loss_sum / x.shape[0] - meta["test_loss"]) < 1e-5
-    assert top1 >= 96.0
+    assert top1 >= MIN_TEST_TOP1[name]

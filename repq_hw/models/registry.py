@@ -4,8 +4,9 @@ Three families:
 * timm's ImageNet models from the RepQ-ViT paper (ViT-S/B, DeiT-T/S/B, Swin-T/S/B). Weights come from
   ``--checkpoint`` (local safetensors, or .pth/.bin read with ``weights_only=True``) or from timm's own
   hub path with ``--pretrained`` (needs a network).
-* the bundled real-data models trained on scikit-learn's digits (``vit_digits``, ``swin_digits``): their
-  weights ship inside the package and are loaded by default.
+* the bundled real-data models trained on scikit-learn's digits (``vit_digits``, ``swin_digits``) and on 2,000
+  real MNIST digits (``vit_mnist``; data set per model in ``digits_configs.MODEL_DATA``): their weights ship
+  inside the package and are loaded by default.
 * tiny random-weight configurations for tests (``test_*``), built from the same timm classes.
 """
 

