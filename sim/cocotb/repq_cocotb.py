@@ -71,6 +71,22 @@ class Ports:
                                  "map it with ports={...}") from None
 
 
+async def finish_and_wait(p, max_latency: int, unit: str) -> None:
+    """Pulse ``finish`` for one cycle after the last ``in_valid`` beat, then wait (falling edges) until the
+    accumulating unit raises ``out_valid``; fail if it takes more than ``max_latency`` cycles."""
+    from cocotb.triggers import FallingEdge
+
+    p.in_valid.value = 0
+    p.finish.value = 1
+    await FallingEdge(p.clk)
+    p.finish.value = 0
+    wait = 0
+    while not int(p.out_valid.value):
+        wait += 1
+        assert wait <= max_latency, f"{unit} gave no out_valid within {max_latency} cycles"
+        await FallingEdge(p.clk)
+
+
 def pack(values, width: int) -> int:
     """Lane 0 in the least significant bits, each lane ``width`` bits of two's complement."""
     mask = (1 << width) - 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
-from repq_cocotb import Config, Ports, Scoreboard, pack, unpack_signed
+from repq_cocotb import Config, Ports, Scoreboard, finish_and_wait, pack, unpack_signed
 
 
 @cocotb.test()
@@ -60,15 +60,7 @@ async def attn_v_matches_golden(dut):
                 p.code.value = int(crow[r, nx])
                 p.v.value = pack([int(vm[nx, c]) if c < d_ else 0 for c in cols], 8)
                 await FallingEdge(p.clk)
-            p.in_valid.value = 0
-            p.finish.value = 1
-            await FallingEdge(p.clk)
-            p.finish.value = 0
-            wait = 0
-            while not int(p.out_valid.value):
-                wait += 1
-                assert wait <= cfg.max_latency, f"unit gave no out_valid within {cfg.max_latency} cycles"
-                await FallingEdge(p.clk)
+            await finish_and_wait(p, cfg.max_latency, "unit")
             ys = unpack_signed(p.y.value.to_unsigned(), 64, td)
             err = int(p.err.value)
             for j, c in enumerate(cols):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
-from repq_cocotb import Config, Ports, Scoreboard, pack, unpack_signed
+from repq_cocotb import Config, Ports, Scoreboard, finish_and_wait, pack, unpack_signed
 
 
 @cocotb.test()
@@ -73,15 +73,7 @@ async def gemm_tile_matches_golden(dut):
                 p.a.value = int(arow[kx])
                 p.w.value = pack([int(wm[n, kx]) if n < n_out else 0 for n in lanes], 8)
                 await FallingEdge(p.clk)
-            p.in_valid.value = 0
-            p.finish.value = 1
-            await FallingEdge(p.clk)
-            p.finish.value = 0
-            wait = 0
-            while not int(p.out_valid.value):
-                wait += 1
-                assert wait <= cfg.max_latency, f"tile gave no out_valid within {cfg.max_latency} cycles"
-                await FallingEdge(p.clk)
+            await finish_and_wait(p, cfg.max_latency, "tile")
             ys = unpack_signed(p.y.value.to_unsigned(), 32, tn)
             ovf = p.ovf.value.to_unsigned()
             for j, n in enumerate(lanes):
