@@ -61,22 +61,19 @@ def calibration_images(model: torch.nn.Module, model_name: str, data: str | None
     data = _check_data(model_name, data)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"calibration size must be an integer >= 1, got {n!r}")
-    if data == DIGITS:
-        from repq_hw.data.digits import calibration_batch, split_indices
-
-        available = len(split_indices("train"))
+    if data in (DIGITS, MNIST):  # the bundled real-data sets: (calibration batch, split) of each
+        if data == DIGITS:
+            from repq_hw.data.digits import calibration_batch as batch
+            from repq_hw.data.digits import split_indices as split
+        else:
+            from repq_hw.data.mnist import mnist_calibration_batch as batch
+            from repq_hw.data.mnist import mnist_split_indices as split
+        available = len(split("train"))
         if n > available:
-            raise InputError(f"calibration size {n} requested, but the digits train split has only {available} "
+            label = "digits" if data == DIGITS else "MNIST"
+            raise InputError(f"calibration size {n} requested, but the {label} train split has only {available} "
                              f"images (use --calib-size {available} or fewer)")
-        return calibration_batch(n, seed=seed)
-    if data == MNIST:
-        from repq_hw.data.mnist import mnist_calibration_batch, mnist_split_indices
-
-        available = len(mnist_split_indices("train"))
-        if n > available:
-            raise InputError(f"calibration size {n} requested, but the MNIST train split has only {available} "
-                             f"images (use --calib-size {available} or fewer)")
-        return mnist_calibration_batch(n, seed=seed)
+        return batch(n, seed=seed)
     from repq_hw.data.imagefolder import timm_eval_loader
 
     ds = timm_eval_loader(data, model).dataset

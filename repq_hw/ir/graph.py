@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from repq_hw.errors import InputError
-from repq_hw.strict_json import read_strict_json
 from repq_hw.ir.ops import Op
+from repq_hw.strict_json import read_strict_json
 
 IR_VERSION = 1
 
@@ -135,11 +135,7 @@ class TensorInfo:
 
     @staticmethod
     def from_json(d: dict) -> TensorInfo:
-        if not isinstance(d, dict):
-            raise InputError(f"a tensor must be an object, got {type(d).__name__}")
-        name = d.get("name")
-        if not isinstance(name, str) or not name:
-            raise InputError(f"tensor name must be a non-empty string, got {name!r}")
+        name = _named_object(d, "tensor")
         try:
             t = IntType.from_json(d)
         except InputError as e:
@@ -156,6 +152,16 @@ class TensorInfo:
             raise InputError(f"tensor {name!r}: scale must be a number or a list of numbers, got "
                              f"{type(scale).__name__}")
         return TensorInfo(name, t, scale, zp, layout)
+
+
+def _named_object(d, kind: str) -> str:
+    """The ``name`` of a graph.json tensor/node entry, which must be an object with a non-empty name."""
+    if not isinstance(d, dict):
+        raise InputError(f"a {kind} must be an object, got {type(d).__name__}")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{kind} name must be a non-empty string, got {name!r}")
+    return name
 
 
 def _is_number(v) -> bool:
@@ -179,11 +185,7 @@ class Node:
 
     @staticmethod
     def from_json(d: dict) -> Node:
-        if not isinstance(d, dict):
-            raise InputError(f"a node must be an object, got {type(d).__name__}")
-        name = d.get("name")
-        if not isinstance(name, str) or not name:
-            raise InputError(f"node name must be a non-empty string, got {name!r}")
+        name = _named_object(d, "node")
         op = d.get("op")
         try:
             op = Op(op)

@@ -71,6 +71,26 @@ class Ports:
                                  "map it with ports={...}") from None
 
 
+def start_in_reset(p, idle=()) -> None:
+    """Start a 10 ns clock on ``p.clk``, hold ``p.rst`` high and drive the ``idle`` inputs low; set the unit's
+    constant inputs after this, then ``await release_reset(p)``."""
+    from cocotb.clock import Clock
+
+    Clock(p.clk, 10, unit="ns").start()
+    p.rst.value = 1
+    for s in idle:
+        s.value = 0
+
+
+async def release_reset(p, cycles: int = 2) -> None:
+    """Keep reset for ``cycles`` falling edges, then release it."""
+    from cocotb.triggers import FallingEdge
+
+    for _ in range(cycles):
+        await FallingEdge(p.clk)
+    p.rst.value = 0
+
+
 async def finish_and_wait(p, max_latency: int, unit: str) -> None:
     """Pulse ``finish`` for one cycle after the last ``in_valid`` beat, then wait (falling edges) until the
     accumulating unit raises ``out_valid``; fail if it takes more than ``max_latency`` cycles."""

@@ -11,9 +11,17 @@ come from the manifest (``attrs``, ``derived``); ``err`` must stay 0.
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
-from repq_cocotb import Config, Ports, Scoreboard, finish_and_wait, pack, unpack_signed
+from repq_cocotb import (
+    Config,
+    Ports,
+    Scoreboard,
+    finish_and_wait,
+    pack,
+    release_reset,
+    start_in_reset,
+    unpack_signed,
+)
 
 
 @cocotb.test()
@@ -35,19 +43,14 @@ async def attn_v_matches_golden(dut):
         n_rows = min(n_rows, max(1, -(-cfg.max_elements // d_)))
     sb = Scoreboard(dut._log, "attn_v_tile", y, op["name"])
 
-    Clock(p.clk, 10, unit="ns").start()
-    p.rst.value = 1
-    for s in (p.clear, p.in_valid, p.finish):
-        s.value = 0
+    start_in_reset(p, (p.clear, p.in_valid, p.finish))
     p.zstate.value = int(d["zero_state"])
     p.f.value = int(a["shift_frac"])
     p.q.value = int(a["sqrt2_frac_bits"])
     p.r_mult.value = int(d["sqrt2_multiplier"])
     p.v_zp.value = int(a["v_zp"])
     p.mode.value = int(d["rounding_id"])
-    for _ in range(2):
-        await FallingEdge(p.clk)
-    p.rst.value = 0
+    await release_reset(p)
     for r in range(n_rows):
         vm = vb[r // m_]
         for d0 in range(0, d_, td):

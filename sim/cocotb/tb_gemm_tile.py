@@ -11,9 +11,17 @@ w = k rows of the same head, w_zp = k_zp in every lane, bias = 0, a_zp = q_zp.
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
-from repq_cocotb import Config, Ports, Scoreboard, finish_and_wait, pack, unpack_signed
+from repq_cocotb import (
+    Config,
+    Ports,
+    Scoreboard,
+    finish_and_wait,
+    pack,
+    release_reset,
+    start_in_reset,
+    unpack_signed,
+)
 
 
 @cocotb.test()
@@ -49,15 +57,10 @@ async def gemm_tile_matches_golden(dut):
         n_rows = min(n_rows, max(1, -(-cfg.max_elements // n_out)))
     sb = Scoreboard(dut._log, "gemm_tile", y, op["name"])
 
-    Clock(p.clk, 10, unit="ns").start()
-    p.rst.value = 1
-    for s in (p.clear, p.in_valid, p.finish):
-        s.value = 0
+    start_in_reset(p, (p.clear, p.in_valid, p.finish))
     p.a_zp.value = a_zp
     p.k_len.value = kk
-    for _ in range(2):
-        await FallingEdge(p.clk)
-    p.rst.value = 0
+    await release_reset(p)
     for r in range(n_rows):
         wm = w_of(r)
         arow = rows[r]

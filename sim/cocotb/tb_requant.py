@@ -10,9 +10,8 @@ op has none); ``out_min``/``out_max`` are the output type's range (manifest ``de
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
-from repq_cocotb import Config, Ports, Scoreboard
+from repq_cocotb import Config, Ports, Scoreboard, release_reset, start_in_reset
 
 
 @cocotb.test()
@@ -31,16 +30,12 @@ async def requant_matches_golden(dut):
     n = xs.size if not cfg.max_elements else min(xs.size, cfg.max_elements)
     sb = Scoreboard(dut._log, "requant", y, op["name"])
 
-    Clock(p.clk, 10, unit="ns").start()
-    p.rst.value = 1
-    p.in_valid.value = 0
+    start_in_reset(p, (p.in_valid,))
     p.zp.value = int(op["attrs"]["zero_point"])
     p.out_min.value = int(d["out_min"])
     p.out_max.value = int(d["out_max"])
     p.mode.value = int(d["rounding_id"])
-    for _ in range(2):
-        await FallingEdge(p.clk)
-    p.rst.value = 0
+    await release_reset(p)
     got = 0
     i = 0
     idle = 0

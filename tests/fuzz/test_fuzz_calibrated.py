@@ -6,6 +6,7 @@ whose message names the file, or load to a model whose fake-quant output equals 
 exactly. Any other exception, or a different output, is a bug.
 """
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -133,13 +134,21 @@ def apply_json(meta, op, pick, value, new_key):
             parent[last] = value
 
 
+@contextlib.contextmanager
+def scratch_copy(d0: Path):
+    """A throw-away copy of the calibrated folder ``d0`` to mutate (hypothesis runs many examples per test,
+    so pytest's per-test tmp_path would be shared between them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "cal"
+        shutil.copytree(d0, d)
+        yield d
+
+
 @FUZZ
 @given(muts=st.lists(mutation, min_size=1, max_size=3))
 def test_fuzz_quant_json(base, muts):
     d0, ref, x = base
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp) / "cal"
-        shutil.copytree(d0, d)
+    with scratch_copy(d0) as d:
         meta = json.loads((d / "quant.json").read_text())
         for m in muts:
             apply_json(meta, *m)
@@ -177,9 +186,7 @@ def apply_bytes(data: bytearray, op, pos, byte):
 @given(muts=st.lists(byte_mutation, min_size=1, max_size=3))
 def test_fuzz_model_safetensors(base, muts):
     d0, ref, x = base
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp) / "cal"
-        shutil.copytree(d0, d)
+    with scratch_copy(d0) as d:
         p = d / "model.safetensors"
         data = bytearray(p.read_bytes())
         for m in muts:
@@ -193,9 +200,7 @@ def test_fuzz_model_safetensors(base, muts):
 def test_fuzz_quant_json_bytes(base, muts):
     """Raw byte damage to quant.json (truncation, bad UTF-8, broken syntax)."""
     d0, ref, x = base
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp) / "cal"
-        shutil.copytree(d0, d)
+    with scratch_copy(d0) as d:
         p = d / "quant.json"
         data = bytearray(p.read_bytes())
         for op, pos, byte in muts:
