@@ -170,23 +170,6 @@ def regenerate_committed(out_root: str | Path = GOLDEN_ROOT, *, from_ir: str | P
     return paths
 
 
-def compare_trees(a: str | Path, b: str | Path, names: list[str]) -> list[str]:
-    """Byte differences between the named sets under two roots (provenance.json excluded)."""
-    a, b = Path(a), Path(b)
-    diffs = []
-    for name in names:
-        fa = {p.relative_to(a / name).as_posix() for p in (a / name).rglob("*") if p.is_file()}
-        fb = {p.relative_to(b / name).as_posix() for p in (b / name).rglob("*") if p.is_file()}
-        fa.discard("provenance.json")
-        fb.discard("provenance.json")
-        for rel in sorted(fa ^ fb):
-            diffs.append(f"{name}/{rel}: only in {'the committed sets' if rel in fa else 'the regeneration'}")
-        for rel in sorted(fa & fb):
-            if (a / name / rel).read_bytes() != (b / name / rel).read_bytes():
-                diffs.append(f"{name}/{rel}: bytes differ")
-    return diffs
-
-
 @dataclass
 class SetComparison:
     """Byte comparison of two golden sets, with the reasons they may legitimately differ."""

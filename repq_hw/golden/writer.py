@@ -491,9 +491,6 @@ def check_out(out: str | Path, force: bool, what: str = "output directory") -> P
     return out
 
 
-_check_out = check_out
-
-
 def _atomic_set(out: Path, force: bool, fill: Callable[[Path], None]) -> Path:
     """Create a hidden temporary sibling, let ``fill`` write into it (manifest last), rename it to ``out``."""
     check_out(out, force)
