@@ -26,6 +26,7 @@ from repq_hw.ir.graph import Graph, Node
 from repq_hw.ir.ops import Op
 from repq_hw.ir.validate import IRValidationError, validate_graph
 from repq_hw.kernels import KERNELS
+from repq_hw.kernels.windows import patch_merge, window_partition, window_reverse
 
 BACKENDS = ("ref", "fast")
 
@@ -126,9 +127,14 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
     if op == Op.ADD:
         s = x.astype(np.int64) + args[1].astype(np.int64)
         return np.clip(s, out_t.min, out_t.max).astype(out_t.storage)
-    if op == Op.ADD_CONST:
-        s = x.astype(np.int64) + g.const(node, "value").astype(np.int64)[None]
+    if op == Op.ADD_CONST:  # value [V0, ...] tiled along axis 0: out[t] = sat(x[t] + value[t mod V0])
+        v = g.const(node, "value").astype(np.int64)
+        reps = x.shape[1] // v.shape[0]
+        xs = x.astype(np.int64).reshape(B, reps, *v.shape)
+        s = (xs + v[None, None]).reshape(x.shape)
         return np.clip(s, out_t.min, out_t.max).astype(out_t.storage)
+    if op == Op.AVG_POOL:
+        return _narrow(node, _kernel("avg_pool", backend)(x, a["rounding"]), out_t)
     if op == Op.PATCHIFY:
         p = int(a["patch"])
         c, hh, ww = x.shape[1:]
@@ -140,13 +146,23 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
         return np.concatenate([rows, x], axis=1)
     if op == Op.SLICE:
         return np.ascontiguousarray(x[..., int(a["start"]):int(a["stop"])])
-    if op == Op.SPLIT_HEADS:
-        h = int(a["heads"])
-        n, c = x.shape[1:]
-        return np.ascontiguousarray(x.reshape(B, n, h, c // h).transpose(0, 2, 1, 3))
-    if op == Op.MERGE_HEADS:
-        h, n, d = x.shape[1:]
-        return np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, n, h * d))
+    if op == Op.SPLIT_HEADS:  # [G*N, H*d] -> [G*H, N, d], G = windows (1 for ViT)
+        h, w = int(a["heads"]), int(a.get("windows", 1))
+        gn, c = x.shape[1:]
+        y = x.reshape(B, w, gn // w, h, c // h).transpose(0, 1, 3, 2, 4)
+        return np.ascontiguousarray(y.reshape(B, w * h, gn // w, c // h))
+    if op == Op.MERGE_HEADS:  # [G*H, N, d] -> [G*N, H*d]
+        w = int(a.get("windows", 1))
+        gh, n, d = x.shape[1:]
+        y = x.reshape(B, w, gh // w, n, d).transpose(0, 1, 3, 2, 4)
+        return np.ascontiguousarray(y.reshape(B, w * n, (gh // w) * d))
+    if op == Op.WINDOW_PARTITION:
+        return window_partition(x, int(a["height"]), int(a["width"]), int(a["window"]), int(a["shift"]),
+                                int(a["pad_value"]))
+    if op == Op.WINDOW_REVERSE:
+        return window_reverse(x, int(a["height"]), int(a["width"]), int(a["window"]), int(a["shift"]))
+    if op == Op.PATCH_MERGE:
+        return patch_merge(x, int(a["height"]), int(a["width"]))
     if op == Op.SELECT_TOKEN:
         i = int(a["index"])
         return np.ascontiguousarray(x[:, i:i + 1])

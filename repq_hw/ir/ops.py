@@ -26,14 +26,19 @@ class Op(str, Enum):
     LUT = "lut"  # table lookup, e.g. GELU (lut.md)
     # --- elementwise
     ADD = "add"  # saturating add of two tensors on the same grid (residual stream)
-    ADD_CONST = "add_const"  # saturating add of an integer constant tensor (position embedding)
+    ADD_CONST = "add_const"  # saturating add of a constant tiled along axis 0 (position embedding, Swin bias+mask)
+    # --- pooling (docs/ops/avg_pool.md)
+    AVG_POOL = "avg_pool"  # [T, C] -> [1, C]: per-channel sum over the tokens, rounding division by T
     # --- data movement (exact by construction)
     PATCHIFY = "patchify"  # [C,H,W] -> [H/p*W/p, C*p*p], the im2col of a stride-p, kernel-p convolution
     CONCAT_TOKENS = "concat_tokens"  # prepend constant rows (class token) -> [T+k, C]
     SLICE = "slice"  # last-axis slice [start:stop]
-    SPLIT_HEADS = "split_heads"  # [N, H*d] -> [H, N, d]
-    MERGE_HEADS = "merge_heads"  # [H, N, d] -> [N, H*d]
+    SPLIT_HEADS = "split_heads"  # [G*N, H*d] -> [G*H, N, d] (G = `windows`, 1 for ViT)
+    MERGE_HEADS = "merge_heads"  # [G*H, N, d] -> [G*N, H*d]
     SELECT_TOKEN = "select_token"  # [T, C] -> [1, C] (row index)
+    WINDOW_PARTITION = "window_partition"  # [H*W, C] -> [nW*w*w, C]: cyclic shift, pad, Swin windows
+    WINDOW_REVERSE = "window_reverse"  # [nW*w*w, C] -> [H*W, C]: windows back, crop, reverse shift
+    PATCH_MERGE = "patch_merge"  # [H*W, C] -> [ceil(H/2)*ceil(W/2), 4C]: Swin's 2x2 gather (zero pad)
 
 
 MAC_OPS = frozenset({Op.GEMM, Op.BMM_QK})
@@ -42,10 +47,11 @@ REQUANT_OPS = frozenset({Op.REQUANT, Op.LAYERNORM})
 NORM_OPS = frozenset({Op.LAYERNORM})
 TABLE_OPS = frozenset({Op.SOFTMAX, Op.LOG2_CODE, Op.LUT})
 ELEMENTWISE_OPS = frozenset({Op.ADD, Op.ADD_CONST})
+POOL_OPS = frozenset({Op.AVG_POOL})
 DATA_MOVEMENT_OPS = frozenset({Op.PATCHIFY, Op.CONCAT_TOKENS, Op.SLICE, Op.SPLIT_HEADS, Op.MERGE_HEADS,
-                               Op.SELECT_TOKEN})
+                               Op.SELECT_TOKEN, Op.WINDOW_PARTITION, Op.WINDOW_REVERSE, Op.PATCH_MERGE})
 # ops with a rounding step: each carries an explicit `rounding` attribute
-ROUNDING_OPS = frozenset({Op.REQUANT, Op.LAYERNORM, Op.SOFTMAX, Op.ATTN_V})
+ROUNDING_OPS = frozenset({Op.REQUANT, Op.LAYERNORM, Op.SOFTMAX, Op.ATTN_V, Op.AVG_POOL})
 
-ALL_GROUPS = (MAC_OPS, SHIFT_ADD_OPS, REQUANT_OPS, TABLE_OPS, ELEMENTWISE_OPS, DATA_MOVEMENT_OPS)
+ALL_GROUPS = (MAC_OPS, SHIFT_ADD_OPS, REQUANT_OPS, TABLE_OPS, ELEMENTWISE_OPS, POOL_OPS, DATA_MOVEMENT_OPS)
 assert set().union(*ALL_GROUPS) == set(Op), "every op belongs to a group"

@@ -57,10 +57,22 @@ _INT_ATTRS = {
     Op.SPLIT_HEADS: (1, {"heads": (1, 1 << 16)}, (), ()),
     Op.MERGE_HEADS: (1, {}, (), ()),
     Op.SELECT_TOKEN: (1, {"index": (0, MAX_ELEMENTS)}, (), ()),
+    Op.AVG_POOL: (1, {}, (), ()),
+    Op.WINDOW_PARTITION: (1, {"height": (1, 1 << 16), "width": (1, 1 << 16), "window": (1, 1 << 16),
+                              "shift": (0, 1 << 16), "pad_value": I32}, (), ()),
+    Op.WINDOW_REVERSE: (1, {"height": (1, 1 << 16), "width": (1, 1 << 16), "window": (1, 1 << 16),
+                            "shift": (0, 1 << 16)}, (), ()),
+    Op.PATCH_MERGE: (1, {"height": (1, 1 << 16), "width": (1, 1 << 16)}, (), ()),
+}
+# integer attributes an op may carry, with their default when absent
+_OPTIONAL_INT_ATTRS = {
+    Op.SPLIT_HEADS: {"windows": (1, 1 << 16)},
+    Op.MERGE_HEADS: {"windows": (1, 1 << 16)},
 }
 # op -> number of axes of each input (per image)
 _NDIM = {Op.GEMM: (2,), Op.BMM_QK: (3, 3), Op.ATTN_V: (3, 3), Op.LAYERNORM: (2,), Op.PATCHIFY: (3,),
-         Op.CONCAT_TOKENS: (2,), Op.SPLIT_HEADS: (2,), Op.MERGE_HEADS: (3,), Op.SELECT_TOKEN: (2,)}
+         Op.CONCAT_TOKENS: (2,), Op.SPLIT_HEADS: (2,), Op.MERGE_HEADS: (3,), Op.SELECT_TOKEN: (2,),
+         Op.AVG_POOL: (2,), Op.WINDOW_PARTITION: (2,), Op.WINDOW_REVERSE: (2,), Op.PATCH_MERGE: (2,)}
 
 
 def absmax_centered(t: IntType, zp: int) -> int:
@@ -141,8 +153,11 @@ def _check_signature(g: Graph, node: Node) -> None:
         _fail(node, f"takes {n_in} input(s), got {len(node.inputs)}: {node.inputs}")
     if len(node.outputs) != 1:
         _fail(node, f"produces exactly 1 output, got {len(node.outputs)}: {node.outputs}")
-    for key, (lo, hi) in int_attrs.items():
+    optional_attrs = _OPTIONAL_INT_ATTRS.get(node.op, {})
+    for key, (lo, hi) in {**int_attrs, **optional_attrs}.items():
         if key not in node.attrs:
+            if key in optional_attrs:
+                continue
             _fail(node, f"missing attribute {key!r} (an integer in [{lo}, {hi}])")
         v = node.attrs[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -378,9 +393,41 @@ def _check_node(g: Graph, node: Node, deep: bool = True) -> None:
         _fits64(node, absmax(x) + absmax(y), "x + y")
     elif op == Op.ADD_CONST:
         (x,) = ins
-        _expect_shape(node, "value", g.const(node, "value").shape, x.shape)
+        vs = g.const(node, "value").shape
+        if len(vs) != len(x.shape) or vs[1:] != x.shape[1:] or vs[0] < 1 or x.shape[0] % vs[0]:
+            _fail(node, f"value of shape {vs} does not tile input {x.shape} along axis 0 (needs [V0, "
+                        f"{', '.join(map(str, x.shape[1:]))}] with V0 dividing {x.shape[0]})")
         _expect_shape(node, "output", out.shape, x.shape)
         _fits64(node, absmax(x) + absmax(ct["value"]), "x + value")
+    elif op == Op.AVG_POOL:
+        (x,) = ins
+        _need(node, fits_int32(x), "input", x, "int32 values")
+        _expect_shape(node, "output", out.shape, (1, x.shape[1]))
+        _fits64(node, x.shape[0] * absmax(x), "sum over the tokens")
+        if out.min > x.min or out.max < x.max:  # the mean lies in [min x, max x]
+            _fail(node, f"output {out.name} cannot hold every mean of {x.name}")
+    elif op in (Op.WINDOW_PARTITION, Op.WINDOW_REVERSE):
+        (x,) = ins
+        hh, ww, w, sh = (int(a[k]) for k in ("height", "width", "window", "shift"))
+        if sh >= w or sh >= min(hh, ww) and sh:
+            _fail(node, f"shift {sh} must be below the window {w} and the grid {hh}x{ww}")
+        hp, wp = -(-hh // w) * w, -(-ww // w) * w
+        grid, wins = (hh * ww, x.shape[1]), (hp * wp, x.shape[1])
+        if op == Op.WINDOW_PARTITION:
+            _expect_shape(node, "input", x.shape, grid)
+            _expect_shape(node, "output", out.shape, wins)
+            if not x.min <= int(a["pad_value"]) <= x.max:
+                _fail(node, f"pad_value {a['pad_value']} outside {x.name}")
+        else:
+            _expect_shape(node, "input", x.shape, wins)
+            _expect_shape(node, "output", out.shape, grid)
+    elif op == Op.PATCH_MERGE:
+        (x,) = ins
+        hh, ww = int(a["height"]), int(a["width"])
+        _expect_shape(node, "input", x.shape, (hh * ww, x.shape[1]))
+        _expect_shape(node, "output", out.shape, (-(-hh // 2) * -(-ww // 2), 4 * x.shape[1]))
+        if (hh % 2 or ww % 2) and not x.min <= 0 <= x.max:
+            _fail(node, f"an odd grid is padded with 0, which {x.name} cannot hold")
     elif op == Op.PATCHIFY:
         (x,) = ins
         ch, hh, ww = x.shape
@@ -404,15 +451,20 @@ def _check_node(g: Graph, node: Node, deep: bool = True) -> None:
         _expect_shape(node, "output", out.shape, (*x.shape[:-1], stop - start))
     elif op == Op.SPLIT_HEADS:
         (x,) = ins
-        h = int(a["heads"])
+        h, w = int(a["heads"]), int(a.get("windows", 1))
         n, c = x.shape
         if c % h:
             _fail(node, f"{c} channels do not split into {h} heads")
-        _expect_shape(node, "output", out.shape, (h, n, c // h))
+        if n % w:
+            _fail(node, f"{n} tokens do not split into {w} windows")
+        _expect_shape(node, "output", out.shape, (w * h, n // w, c // h))
     elif op == Op.MERGE_HEADS:
         (x,) = ins
-        h, n, d = x.shape
-        _expect_shape(node, "output", out.shape, (n, h * d))
+        w = int(a.get("windows", 1))
+        gh, n, d = x.shape
+        if gh % w:
+            _fail(node, f"{gh} window-heads do not split into {w} windows")
+        _expect_shape(node, "output", out.shape, (w * n, (gh // w) * d))
     elif op == Op.SELECT_TOKEN:
         (x,) = ins
         if not 0 <= int(a["index"]) < x.shape[0]:
@@ -420,6 +472,7 @@ def _check_node(g: Graph, node: Node, deep: bool = True) -> None:
         _expect_shape(node, "output", out.shape, (1, x.shape[1]))
     else:  # pragma: no cover - the op enum is closed
         _fail(node, "no validation rule")
-    data_movement = (Op.SLICE, Op.SPLIT_HEADS, Op.MERGE_HEADS, Op.SELECT_TOKEN, Op.PATCHIFY, Op.CONCAT_TOKENS)
+    data_movement = (Op.SLICE, Op.SPLIT_HEADS, Op.MERGE_HEADS, Op.SELECT_TOKEN, Op.PATCHIFY, Op.CONCAT_TOKENS,
+                     Op.WINDOW_PARTITION, Op.WINDOW_REVERSE, Op.PATCH_MERGE)
     if op in data_movement and ins[0].name != out.name:
         _fail(node, f"data movement must keep the type: {ins[0].name} -> {out.name}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import attn_v_shift as _attn_v_shift_mod
+from . import avg_pool as _avg_pool_mod
 from . import gemm as _gemm_mod
 from . import isqrt as _isqrt_mod
 from . import layernorm as _layernorm_mod
@@ -61,11 +62,13 @@ KERNELS: dict[str, tuple[Callable, Callable]] = {
     "log2_code": (_log2_code_mod.log2_code_ref, _log2_code_mod.log2_code),
     "attn_v_shift": (_attn_v_shift_mod.attn_v_shift_ref, _attn_v_shift_mod.attn_v_shift),
     "lut_lookup": (lut_lookup_ref, lut_lookup),
+    "avg_pool": (_avg_pool_mod.avg_pool_ref, _avg_pool_mod.avg_pool),
 }
 """Op name -> (reference, Numba) pair with identical signatures."""
 
 del (
     _attn_v_shift_mod,
+    _avg_pool_mod,
     _gemm_mod,
     _isqrt_mod,
     _layernorm_mod,

@@ -192,18 +192,27 @@ class ViTLowering:
         return self.requant(name, acc, acc_scale / self.s_r, self.r_type, 0, self.s_r)
 
     def layernorm(self, name: str, x: str, norm: nn.LayerNorm, out_q: nn.Module) -> tuple[str, float, int]:
+        """LayerNorm of the residual stream onto the codes of the next layer's input quantizer."""
         s_out, z_out, _ = _uq(out_q, f"{name} output quantizer")
+        return self.layernorm_onto(name, x, norm, self.a_type, s_out, z_out), s_out, z_out
+
+    def layernorm_onto(self, name: str, x: str, norm: nn.LayerNorm, out_type: str, s_out: float, z_out: int,
+                       in_scale: float | None = None) -> str:
+        """LayerNorm of ``x`` (one scale ``in_scale``, default the residual's) onto the grid (s_out, z_out).
+        The normalised value is scale-free, so only eps sees the input scale: eps_q = eps * C^2 / s_in^2."""
         c = self.b.shape(x)[-1]
         f = self.c.ln_frac_bits
+        if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine or norm.bias is None:
+            raise LoweringError(f"{name}: expected an affine nn.LayerNorm with a bias, got {norm}")
         gamma, beta = _f(norm.weight), _f(norm.bias)
         mult, shift = signed_multipliers(gamma / (s_out * 2.0**f))
         offset = np.round(beta / s_out * np.exp2(shift.astype(np.float64))).astype(np.int64)
-        eps_q = int(round(norm.eps * c * c / self.s_r**2))
-        out = self.b.node(name, Op.LAYERNORM, [x], self.a_type, self.b.shape(x),
-                          attrs={"eps_q": eps_q, "frac_bits": f, "zero_point": z_out, "rounding": self.rnd},
-                          consts={"multiplier": mult, "shift": shift, "offset": offset},
-                          scale=s_out, zero_point=z_out, layout="NC")
-        return out, s_out, z_out
+        s_in = self.s_r if in_scale is None else in_scale
+        eps_q = int(round(norm.eps * c * c / s_in**2))
+        return self.b.node(name, Op.LAYERNORM, [x], out_type, self.b.shape(x),
+                           attrs={"eps_q": eps_q, "frac_bits": f, "zero_point": z_out, "rounding": self.rnd},
+                           consts={"multiplier": mult, "shift": shift, "offset": offset},
+                           scale=s_out, zero_point=z_out, layout="NC")
 
     # -- network pieces ---------------------------------------------------------------------------
     def embed(self) -> str:
@@ -236,9 +245,21 @@ class ViTLowering:
         blk = self.m.blocks[i]
         at = blk.attn
         pre = f"blocks.{i}"
-        h, d = at.num_heads, at.head_dim
-        c = h * d
         a_in, s1, z1 = self.layernorm(f"{pre}.norm1", x, blk.norm1, at.qkv.input_quantizer)
+        upd = self.self_attention(pre, at, a_in, s1, z1, at.num_heads, at.head_dim)
+        return self.b.node(f"{pre}.add1", Op.ADD, [x, upd], self.r_type, self.b.shape(x), scale=self.s_r,
+                           layout="NC")
+
+    def self_attention(self, pre: str, at: nn.Module, a_in: str, s1: float, z1: int, h: int, d: int,
+                       windows: int = 1, q_scale: float | None = None, logit_bias=None) -> str:
+        """Multi-head attention of the codes ``a_in`` [G*N, C] (G = windows, each attending within itself)
+        up to the residual-grid output of ``proj`` [G*N, C].
+
+        The softmax scale is applied where the reference applies it: ViT/DeiT after q.k^T (folded into the
+        softmax multiplier), Swin to q before its quantizer (``q_scale``: folded into q's requantization).
+        ``logit_bias(logits, s_logit, softmax_attrs)`` may add constants to the q.k^T accumulators (Swin's
+        relative position bias and shifted-window mask) and returns the new logits tensor."""
+        c = h * d
         acc, acc_scale = self.gemm(f"{pre}.attn.qkv", a_in, at.qkv, s1, z1)
         qs = {}
         for j, (role, qz) in enumerate((("q", at.matmul1.quantizer_A), ("k", at.matmul1.quantizer_B),
@@ -247,22 +268,29 @@ class ViTLowering:
             sl = self.b.node(f"{pre}.attn.{role}_slice", Op.SLICE, [acc], "int32", (self.b.shape(acc)[0], c),
                              attrs={"start": j * c, "stop": (j + 1) * c}, scale=acc_scale[j * c:(j + 1) * c].tolist(),
                              layout="NC")
-            codes = self.requant(f"{pre}.attn.{role}", sl, acc_scale[j * c:(j + 1) * c] / s, self.a_type, z, s)
+            real = acc_scale[j * c:(j + 1) * c] / s
+            if role == "q" and q_scale is not None:
+                real = real * q_scale
+            codes = self.requant(f"{pre}.attn.{role}", sl, real, self.a_type, z, s)
+            attrs = {"heads": h} if windows == 1 else {"heads": h, "windows": windows}
             heads = self.b.node(f"{pre}.attn.{role}_heads", Op.SPLIT_HEADS, [codes], self.a_type,
-                                (h, self.b.shape(codes)[0], d), attrs={"heads": h}, scale=s, zero_point=z,
-                                layout="HND")
+                                (windows * h, self.b.shape(codes)[0] // windows, d), attrs=attrs, scale=s,
+                                zero_point=z, layout="HND")
             qs[role] = (heads, s, z)
         (q, s_q, z_q), (k, s_k, z_k), (v, s_v, z_v) = qs["q"], qs["k"], qs["v"]
-        n = self.b.shape(q)[1]
-        logits = self.b.node(f"{pre}.attn.qk", Op.BMM_QK, [q, k], "int32", (h, n, n),
+        gh, n = self.b.shape(q)[:2]
+        logits = self.b.node(f"{pre}.attn.qk", Op.BMM_QK, [q, k], "int32", (gh, n, n),
                              attrs={"q_zp": z_q, "k_zp": z_k}, scale=s_q * s_k, layout="HNN")
         c_ = self.c
-        real = s_q * s_k * at.scale * math.log2(math.e) * 2.0**c_.softmax_frac_bits
+        real = s_q * s_k * (1.0 if q_scale is not None else at.scale) * math.log2(math.e) * 2.0**c_.softmax_frac_bits
         mult, shift = quantize_multiplier(real)
         p_bits = c_.softmax_out_bits
-        prob = self.b.node(f"{pre}.attn.softmax", Op.SOFTMAX, [logits], f"uint{p_bits + 1}", (h, n, n),
-                           attrs={"multiplier": mult, "shift": shift, "frac_bits": c_.softmax_frac_bits,
-                                  "lut_bits": c_.softmax_lut_bits, "out_bits": p_bits, "rounding": self.rnd},
+        sm_attrs = {"multiplier": mult, "shift": shift, "frac_bits": c_.softmax_frac_bits,
+                    "lut_bits": c_.softmax_lut_bits, "out_bits": p_bits, "rounding": self.rnd}
+        if logit_bias is not None:
+            logits = logit_bias(logits, s_q * s_k, sm_attrs, (z_q, z_k, d))
+        prob = self.b.node(f"{pre}.attn.softmax", Op.SOFTMAX, [logits], f"uint{p_bits + 1}", (gh, n, n),
+                           attrs=sm_attrs,
                            consts={"lut": exp2_lut(c_.softmax_frac_bits, c_.softmax_lut_bits).astype(np.int64)},
                            scale=2.0**-p_bits, layout="HNN")
         lq = at.matmul2.quantizer_A
@@ -272,32 +300,33 @@ class ViTLowering:
         n_codes = min((1 << bits) - 1, 2 * c_.attn_max_shift)  # codes 0..n_codes-1, the rest: zero state
         f_attn = (n_codes - 1) // 2 + 1
         delta = float(lq.delta)
-        codes = self.b.node(f"{pre}.attn.log2_code", Op.LOG2_CODE, [prob], f"uint{bits}", (h, n, n),
+        codes = self.b.node(f"{pre}.attn.log2_code", Op.LOG2_CODE, [prob], f"uint{bits}", (gh, n, n),
                             attrs={"bits": bits},
                             consts={"thresholds": log2_thresholds(delta, bits, p_bits, n_codes)},
                             scale=delta, layout="HNN")
-        av = self.b.node(f"{pre}.attn.attn_v", Op.ATTN_V, [codes, v], "int32", (h, n, d),
+        av = self.b.node(f"{pre}.attn.attn_v", Op.ATTN_V, [codes, v], "int32", (gh, n, d),
                          attrs={"v_zp": z_v, "bits": bits, "shift_frac": f_attn, "max_code": n_codes - 1,
                                 "sqrt2_frac_bits": c_.sqrt2_frac_bits, "rounding": self.rnd},
                          scale=delta * s_v * 2.0**-f_attn, layout="HND")
-        merged = self.b.node(f"{pre}.attn.merge_heads", Op.MERGE_HEADS, [av], "int32", (n, c),
-                             scale=delta * s_v * 2.0**-f_attn, layout="NC")
+        attrs = {} if windows == 1 else {"windows": windows}
+        merged = self.b.node(f"{pre}.attn.merge_heads", Op.MERGE_HEADS, [av], "int32", (windows * n, c),
+                             attrs=attrs, scale=delta * s_v * 2.0**-f_attn, layout="NC")
         s_p, z_p, _ = _uq(at.proj.input_quantizer, f"{pre}.attn.proj input quantizer")
         p_in = self.requant(f"{pre}.attn.proj_in", merged, delta * s_v * 2.0**-f_attn / s_p, self.a_type, z_p, s_p)
         acc, acc_scale = self.gemm(f"{pre}.attn.proj", p_in, at.proj, s_p, z_p)
-        upd = self.to_residual(f"{pre}.attn.proj_requant", acc, acc_scale)
-        return self.b.node(f"{pre}.add1", Op.ADD, [x, upd], self.r_type, self.b.shape(x), scale=self.s_r,
-                           layout="NC")
+        return self.to_residual(f"{pre}.attn.proj_requant", acc, acc_scale)
 
     def mlp(self, i: int, x: str) -> str:
-        blk = self.m.blocks[i]
-        pre = f"blocks.{i}"
+        return self.mlp_block(f"blocks.{i}", self.m.blocks[i], x, self.stats["fc1_absmax"][i])
+
+    def mlp_block(self, pre: str, blk: nn.Module, x: str, fc1_absmax: float) -> str:
+        """norm2 -> fc1 -> GELU (LUT) -> fc2 -> residual add, for the block ``blk`` named ``pre``."""
         fc1, fc2 = blk.mlp.fc1, blk.mlp.fc2
         a_in, s1, z1 = self.layernorm(f"{pre}.norm2", x, blk.norm2, fc1.input_quantizer)
         acc, acc_scale = self.gemm(f"{pre}.mlp.fc1", a_in, fc1, s1, z1)
         g_bits = self.c.gelu_in_bits
         g_max = (1 << (g_bits - 1)) - 1
-        s_g = self.stats["fc1_absmax"][i] / g_max
+        s_g = fc1_absmax / g_max
         g_in = self.requant(f"{pre}.mlp.gelu_in", acc, acc_scale / s_g, f"int{g_bits}", 0, s_g)
         s2, z2, b2 = _uq(fc2.input_quantizer, f"{pre}.mlp.fc2 input quantizer")
         table = make_gelu_lut(s_g, -g_max - 1, g_max, s2, z2, b2).astype(np.int64)
@@ -315,14 +344,18 @@ class ViTLowering:
         head = self.m.head
         a_in, s_h, z_h = self.layernorm("norm", tok, self.m.norm, head.input_quantizer)
         acc, acc_scale = self.gemm("head", a_in, head, s_h, z_h)
-        # one common logit scale: the finest that keeps the requantized logits well inside int32
+        return self.logits("head.logits", acc, acc_scale, z_h)
+
+    def logits(self, name: str, acc: str, acc_scale: np.ndarray, z_h: int) -> str:
+        """The head GEMM's accumulators (its node is the last one built) onto one common logit scale: the
+        finest that keeps the requantized logits well inside int32."""
         gnode = self.b.g.nodes[-1]
         w, wzp = self.b.g.const(gnode, "weight").astype(np.int64), self.b.g.const(gnode, "w_zp").astype(np.int64)
         amax = max(z_h, (1 << self.q.a_bits) - 1 - z_h)
         acc_bound = float((np.abs(w - wzp[:, None]).sum(1) * amax).max() + 1)
         ratio_max = 2.0 ** max(0, min(16, math.floor(30 - math.log2(acc_bound))))
         s_logit = float(acc_scale.max()) / ratio_max
-        return self.requant("head.logits", acc, acc_scale / s_logit, "int32", 0, s_logit)
+        return self.requant(name, acc, acc_scale / s_logit, "int32", 0, s_logit)
 
     def build(self) -> Graph:
         x = self.embed()

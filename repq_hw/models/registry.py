@@ -44,6 +44,9 @@ TEST_MODEL_CONFIGS: dict[str, tuple[str, dict]] = {
     "test_vit_qknorm": (_VIT, dict(_TINY_VIT, qk_norm=True)),
     "test_swin": (_SWIN, dict(img_size=32, patch_size=2, in_chans=3, num_classes=10, embed_dim=24,
                               depths=(2, 2), num_heads=(2, 4), window_size=4, mlp_ratio=2.0)),
+    # grids 14x14, 7x7 (not multiples of the window 4: padded, shifted and padded) and an odd 7 -> 4 merge
+    "test_swin_pad": (_SWIN, dict(img_size=28, patch_size=2, in_chans=3, num_classes=10, embed_dim=16,
+                                  depths=(2, 2, 1), num_heads=(1, 2, 4), window_size=4, mlp_ratio=2.0)),
 }
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
