@@ -352,9 +352,17 @@ def _add(ctx: _Ctx) -> None:
     ctx.add(f"op_cmp_{S(t.bits + 1)}", 2 * el)  # saturation
 
 
+def _avg_pool(ctx: _Ctx) -> None:
+    x = ctx.inp(0)
+    t, c = x.shape
+    sb = x.bits + clog2(t)
+    ctx.add(f"op_add_{S(sb)}", (t - 1) * c)  # column sums
+    ctx.add(f"op_divstep_{U(sb)}", c * (x.bits + 1))  # round_div(S, T): quotient bits of the input + rounding
+
+
 INT_RULES = {Op.GEMM: _gemm, Op.BMM_QK: _bmm_qk, Op.ATTN_V: _attn_v, Op.REQUANT: _requant,
              Op.LAYERNORM: _layernorm, Op.SOFTMAX: _softmax, Op.LOG2_CODE: _log2_code, Op.LUT: _lut,
-             Op.ADD: _add, Op.ADD_CONST: _add}
+             Op.ADD: _add, Op.ADD_CONST: _add, Op.AVG_POOL: _avg_pool}
 
 
 def _int_param_bits(ctx: _Ctx, role: str) -> tuple[str, int]:
@@ -429,6 +437,10 @@ def _float_rules(ctx: _Ctx, fmt: str) -> None:
         _float_fn(ctx, fmt, "gelu", _numel(ctx.inp(0).shape))
     elif op in (Op.ADD, Op.ADD_CONST):
         ctx.add(f"op_add_{f}", _numel(ctx.out().shape))
+    elif op == Op.AVG_POOL:  # column sums, one multiply by 1/T per channel
+        t, c = ctx.inp(0).shape
+        ctx.add(f"op_add_{f}", (t - 1) * c)
+        ctx.add(f"op_mul_{f}_{f}", c)
 
 
 def _float_params(ctx: _Ctx, fmt_bits: int, f: str) -> None:
