@@ -32,6 +32,12 @@ def run_add(a, b, bits):
     return run_node(g, node, [np.array([[[a]]]), np.array([[[b]]])], "ref")[0, 0, 0]
 
 
+def run_add_const(x, value, bits):
+    x = np.asarray(x, dtype=np.int64)
+    g, node = one_node_graph(Op.ADD_CONST, x, x.shape, consts={"value": value}, bits=bits)
+    return run_node(g, node, [x[None]], "ref")[0]
+
+
 def run_movement(op, x, attr):
     x = np.asarray(x, dtype=np.int64)
     if op == "patchify":
@@ -40,10 +46,30 @@ def run_movement(op, x, attr):
     elif op == "slice":
         g, node = one_node_graph(Op.SLICE, x, (*x.shape[:-1], attr[1] - attr[0]),
                                  {"start": attr[0], "stop": attr[1]})
+    elif op == "split_heads" and isinstance(attr, list):  # [heads, windows]
+        h, w = attr
+        g, node = one_node_graph(Op.SPLIT_HEADS, x, (w * h, x.shape[0] // w, x.shape[1] // h),
+                                 {"heads": h, "windows": w})
+    elif op == "merge_heads" and isinstance(attr, list):  # [null, windows]
+        w = attr[1]
+        g, node = one_node_graph(Op.MERGE_HEADS, x, (w * x.shape[1], (x.shape[0] // w) * x.shape[2]),
+                                 {"windows": w})
     elif op == "split_heads":
         g, node = one_node_graph(Op.SPLIT_HEADS, x, (attr, x.shape[0], x.shape[1] // attr), {"heads": attr})
     elif op == "merge_heads":
         g, node = one_node_graph(Op.MERGE_HEADS, x, (x.shape[1], x.shape[0] * x.shape[2]))
+    elif op in ("window_partition", "window_reverse"):
+        hh, ww, w, sh = attr[:4]
+        hp, wp = -(-hh // w) * w, -(-ww // w) * w
+        rows = hh * ww if op == "window_reverse" else hp * wp
+        attrs = {"height": hh, "width": ww, "window": w, "shift": sh}
+        if op == "window_partition":
+            attrs["pad_value"] = attr[4]
+        g, node = one_node_graph(Op(op), x, (rows, x.shape[1]), attrs)
+    elif op == "patch_merge":
+        hh, ww = attr
+        g, node = one_node_graph(Op.PATCH_MERGE, x, (-(-hh // 2) * -(-ww // 2), 4 * x.shape[1]),
+                                 {"height": hh, "width": ww})
     elif op == "select_token":
         g, node = one_node_graph(Op.SELECT_TOKEN, x, (1, x.shape[1]), {"index": attr})
     elif op == "concat_tokens":
@@ -63,7 +89,10 @@ def test_executor_spec_examples(page):
         for row in rows:
             args = {c: parse_cell(v) for c, v in zip(cols, row[1:-1])}
             expected = parse_cell(row[-1])
-            got = run_add(**args) if page == "add" else run_movement(**args)
+            if page == "add":
+                got = run_add_const(**args) if "value" in args else run_add(**args)
+            else:
+                got = run_movement(**args)
             assert np.asarray(got).tolist() == expected, f"{page}.md [{row[0]}]: got {np.asarray(got).tolist()}"
             n += 1
     assert n > 0

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from repq_hw.kernels import attn_v_shift as av
+from repq_hw.kernels import avg_pool
 from repq_hw.kernels import gemm, isqrt, layernorm, log2_code, lut, rounding, softmax
 from repq_hw.lower.constants import make_gelu_lut
 
@@ -31,6 +32,7 @@ REQUIRED_PAGES = {
     "log2_code",
     "attn_v_shift",
     "lut",
+    "avg_pool",
 }
 EXCEPTIONS = {"ValueError": ValueError, "OverflowError": OverflowError}
 # ops implemented by the executor itself; their tables run in tests/emu/test_spec_tables_executor.py
@@ -199,6 +201,10 @@ RUNNERS: dict[tuple[str, frozenset], list[tuple[str, Callable[..., Any]]]] = {
     ("lut", frozenset({"x", "table", "in_min"})): [
         (name, lambda fn=fn, **k: fn(_arr(k["x"]), np.array(k["table"], dtype=np.int64), k["in_min"]))
         for name, fn in (("ref", lut.lut_lookup_ref), ("numba", lut.lut_lookup))
+    ],
+    ("avg_pool", frozenset({"x", "rounding"})): [
+        (name, lambda fn=fn, **k: fn(_arr(k["x"]), k["rounding"]))
+        for name, fn in (("ref", avg_pool.avg_pool_ref), ("numba", avg_pool.avg_pool))
     ],
     ("lut", frozenset({"in_scale", "in_min", "in_max", "out_scale", "out_zp", "out_bits"})): [
         ("gelu table", lambda **k: make_gelu_lut(**k)),
