@@ -61,6 +61,7 @@ BINS: dict[str, list[str]] = {
     "bmm_qk": ["acc_bound_high", "acc_bound_low", "q_type_min", "q_type_max", "k_type_min", "k_type_max"],
     "lut": ["entry_first", "entry_last"],
     "add": ["sat_low", "sat_high", "at_min", "at_max"],
+    "avg_pool": _ties("div_tie") + ["exact", "sum_negative", "x_type_min", "x_type_max"],
 }
 """The fixed bins of each op type with coverage (log2_code's per-code bins depend on its thresholds)."""
 
@@ -361,10 +362,22 @@ def trace_add(d: OpData, P: Prims = REFERENCE):
                "at_max": _count(s == hi)}
 
 
+def trace_avg_pool(d: OpData, P: Prims = REFERENCE):
+    (x,), mode = d.inputs, d.op["attrs"]["rounding"]
+    t = x.shape[-2]
+    total = x.sum(axis=-2, keepdims=True)
+    y = P.rdiv(total, t, mode, "pool_div")
+    tie = _count(rdiv_tie(total, t))
+    bins = {f"div_tie.{m}": tie if m == mode else 0 for m in MODES}
+    bins.update({"exact": _count(total % t == 0), "sum_negative": _count(total < 0),
+                 "x_type_min": _count(x == d.in_ranges[0][0]), "x_type_max": _count(x == d.in_ranges[0][1])})
+    return y, bins
+
+
 TRACES: dict[str, Callable] = {
     "requantize": trace_requantize, "layernorm": trace_layernorm, "softmax": trace_softmax,
     "log2_code": trace_log2_code, "attn_v_shift": trace_attn_v_shift, "gemm": trace_gemm,
-    "bmm_qk": trace_bmm_qk, "lut": trace_lut, "add": trace_add,
+    "bmm_qk": trace_bmm_qk, "lut": trace_lut, "add": trace_add, "avg_pool": trace_avg_pool,
 }
 
 

@@ -30,7 +30,8 @@ from repq_hw.ir.graph import Graph
 from repq_hw.ir.ops import Op
 from repq_hw.lower.builder import GraphBuilder
 
-DIRECTED_OPS = ("requantize", "layernorm", "softmax", "log2_code", "attn_v_shift", "gemm", "bmm_qk", "lut", "add")
+DIRECTED_OPS = ("requantize", "layernorm", "softmax", "log2_code", "attn_v_shift", "gemm", "bmm_qk", "lut", "add",
+                "avg_pool")
 DIRECTED_BITS = (4, 8)
 SET_PREFIX = "directed"
 I32 = (-(1 << 31), (1 << 31) - 1)
@@ -483,10 +484,28 @@ def add_graph(bits: int) -> tuple[Graph, np.ndarray]:
     return g.g, x_codes[None]
 
 
+def avg_pool_graph(bits: int) -> tuple[Graph, np.ndarray]:
+    """``[T = 4, C]`` columns of ``int{R}`` (R = 8 at b = 4, 16 at b = 8) through one average pool per rounding
+    mode: sums that are exact halves (positive, negative, at the type limits), exact multiples, the type
+    extremes in every token, and each edge value alone in its column (every residue of the sum mod 4)."""
+    r = 8 if bits <= 4 else 16
+    lo, hi = -(1 << (r - 1)), (1 << (r - 1)) - 1
+    cols = [[1, 2, 3, 4], [-1, -2, -3, -4], [3, 4, 4, 4], [lo] * 4, [hi] * 4, [lo, hi, lo, hi], [hi, hi, hi, hi - 2],
+            [lo, lo, lo, lo + 2], [0, 0, 0, 2], [0, 0, 0, -2], [5, 5, 5, 7], [-5, -5, -5, -7]]
+    cols += [[v, 0, 0, 0] for v in edge_values(lo, hi)]
+    x_codes = np.array(cols, dtype=np.int64).T.astype(np.int8 if r == 8 else np.int16)
+    g = GraphBuilder(_meta("avg_pool", bits))
+    x = g.input("x", f"int{r}", x_codes.shape, layout="NC")
+    for mode in MODES:
+        g.g.outputs.append(g.node(f"pool_{mode}", Op.AVG_POOL, [x], f"int{r}", (1, x_codes.shape[1]),
+                                  attrs={"rounding": mode}, layout="NC"))
+    return g.g, x_codes[None]
+
+
 BUILDERS: dict[str, Callable[[int], tuple[Graph, np.ndarray]]] = {
     "requantize": requantize_graph, "layernorm": layernorm_graph, "softmax": softmax_graph,
     "log2_code": log2_code_graph, "attn_v_shift": attn_v_shift_graph, "gemm": gemm_graph,
-    "bmm_qk": bmm_qk_graph, "lut": lut_graph, "add": add_graph,
+    "bmm_qk": bmm_qk_graph, "lut": lut_graph, "add": add_graph, "avg_pool": avg_pool_graph,
 }
 
 

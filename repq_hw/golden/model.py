@@ -64,7 +64,19 @@ class CommittedSpec:
                 f"--out golden_vectors/{self.name}")
 
 
-COMMITTED_SETS: tuple[CommittedSpec, ...] = (CommittedSpec("vit_digits", 4), CommittedSpec("vit_digits", 8))
+# Swin: the attention half of one shifted block (stage 0, block 1: norm1, cyclic shift + window partition,
+# q.k^T, relative position bias + window mask, softmax, log2 codes, attn.V, proj, window reverse, residual
+# add; its MLP half is ViT's, which the vit_digits sets cover), the stage-1 patch merging and the head (final
+# norm, integer average pool, classifier). One image keeps golden_vectors/ small.
+SWIN_SELECTION = Selection(ops=("layers.0.blocks.1.*", "layers.1.downsample.*", "norm", "head*"),
+                           op_types=COMPUTE_OPS + ("add_const", "avg_pool", "window_partition", "window_reverse",
+                                                   "patch_merge"),
+                           exclude=("layers.0.blocks.1.attn.[qkv]", "layers.0.blocks.1.attn.qkv",
+                                    "layers.0.blocks.1.attn.proj_in", "layers.0.blocks.1.mlp.*",
+                                    "layers.0.blocks.1.norm2", "layers.0.blocks.1.add2"))
+
+COMMITTED_SETS: tuple[CommittedSpec, ...] = (CommittedSpec("vit_digits", 4), CommittedSpec("vit_digits", 8),
+                                             CommittedSpec("swin_digits", 8, images=1, selection=SWIN_SELECTION))
 
 
 def digits_inputs(g, n: int | None = 2, ids: list[int] | None = None):

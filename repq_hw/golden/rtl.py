@@ -22,7 +22,7 @@ from repq_hw.golden.writer import GoldenError
 
 SIM_DIR = Path(__file__).resolve().parents[2] / "sim"
 RTL_FILES = ("rq_rshift_round.v", "rq_requant.v", "rq_div_round.v", "rq_isqrt.v", "rq_gemm_tile.v",
-             "rq_attn_v_tile.v", "rq_softmax_row.v", "rq_layernorm_row.v", "rq_log2_code.v")
+             "rq_attn_v_tile.v", "rq_softmax_row.v", "rq_layernorm_row.v", "rq_log2_code.v", "rq_avg_pool.v")
 
 
 @dataclass
@@ -183,6 +183,15 @@ def _log2(gs: GoldenSet, op: dict) -> TbConfig:
     return TbConfig("tb_log2_code", p, {"p": _hex(gs, x), "thr": _hex(gs, t), "out": _hex(gs, y)}, y["elements"])
 
 
+def _avg_pool(gs: GoldenSet, op: dict) -> TbConfig:
+    (x,), y = _io(gs, op)
+    if x["bits"] > 32:
+        raise GoldenError(f"{op['name']}: input of {x['bits']} bits; rq_avg_pool takes <= 32")
+    t, c = x["shape"]
+    p = {"NB": x["batch"], "T": t, "C": c, **_w(x, "IN"), **_w(y, "OUT"), "MODE": op["derived"]["rounding_id"]}
+    return TbConfig("tb_avg_pool", p, {"x": _hex(gs, x), "out": _hex(gs, y)}, y["elements"])
+
+
 RTL_UNITS: dict[str, Callable[[GoldenSet, dict], TbConfig]] = {
     "requantize": _requant,
     "gemm": _gemm,
@@ -191,6 +200,7 @@ RTL_UNITS: dict[str, Callable[[GoldenSet, dict], TbConfig]] = {
     "softmax": _softmax,
     "layernorm": _layernorm,
     "log2_code": _log2,
+    "avg_pool": _avg_pool,
 }
 """Op type -> testbench configuration builder (the op types with a reference RTL unit)."""
 

@@ -17,6 +17,7 @@ SPEC_PAGES: dict[Op, list[str]] = {
     Op.LUT: ["docs/ops/lut.md"],
     Op.ADD: ["docs/ops/add.md"],
     Op.ADD_CONST: ["docs/ops/add.md"],
+    Op.AVG_POOL: ["docs/ops/avg_pool.md", "docs/ops/requantize.md"],
 }
 """Op -> the pages that specify it bit-exactly (every other op is data movement: docs/ops/data_movement.md)."""
 

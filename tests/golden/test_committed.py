@@ -11,7 +11,7 @@ from repq_hw.golden import COMMITTED_SETS, GoldenSet, validate_manifest, verify_
 from repq_hw.golden.model import GOLDEN_ROOT, HASH_FILE, check_committed, compare_sets, hash_lines
 from tests.golden.helpers import bundled_weights_present, committed_paths
 
-MAX_BYTES = 10_000_000
+MAX_BYTES = 16_000_000  # two vit_digits sets, the swin_digits set, the directed sets
 
 
 def _need_sets():
@@ -22,7 +22,8 @@ def _need_sets():
 
 
 def test_committed_specs_are_named_by_convention():
-    assert [s.name for s in COMMITTED_SETS] == ["vit_digits.w4a4.seed0", "vit_digits.w8a8.seed0"]
+    assert [s.name for s in COMMITTED_SETS] == ["vit_digits.w4a4.seed0", "vit_digits.w8a8.seed0",
+                                                "swin_digits.w8a8.seed0"]
     cmd = COMMITTED_SETS[0].command()
     assert cmd.startswith("repq-hw golden --model vit_digits --bits 4 --images 2 --seed 0 ")
     assert cmd.endswith("--out golden_vectors/vit_digits.w4a4.seed0")
@@ -40,7 +41,7 @@ def test_manifests_hashes_and_contents():
         m = gs.manifest
         validate_manifest(m)
         assert (m["model"], m["bits"]["w"], m["bits"]["a"], m["seed"]) == (spec.model, spec.bits, spec.bits, spec.seed)
-        assert m["inputs"]["ids"] == ["digits:test:0", "digits:test:1"]
+        assert m["inputs"]["ids"] == [f"digits:test:{i}" for i in range(spec.images)]
         assert m["selection"] == spec.selection.to_json() and m["formats"] == spec.formats.to_json()
         for f in m["files"]:
             assert hashlib.sha256((gs.path / f["path"]).read_bytes()).hexdigest() == f["sha256"]
