@@ -39,6 +39,7 @@ __all__ = [
     "DIGITS_STD",
     "SPLITS",
     "calibration_batch",
+    "load_all_digits",
     "load_digits_split",
 ]
 
@@ -148,6 +149,15 @@ def load_digits_split(split: str, img_size: int = DIGITS_IMG_SIZE) -> tuple[torc
     x = preprocess(torch.from_numpy(images[idx]), img_size)
     y = torch.from_numpy(labels[idx].copy())
     return x, y
+
+
+def load_all_digits(img_size: int = DIGITS_IMG_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 digits, preprocessed: the test split (360), then the train split (1,437). For measuring
+    agreement between two implementations of one model (integer vs fake-quant), where the number of images
+    matters and held-out images do not; accuracy figures use the test split."""
+    xt, yt = load_digits_split("test", img_size)
+    xr, yr = load_digits_split("train", img_size)
+    return torch.cat([xt, xr]), torch.cat([yt, yr])
 
 
 def calibration_batch(n: int = 32, seed: int = 0, img_size: int = DIGITS_IMG_SIZE) -> torch.Tensor:
