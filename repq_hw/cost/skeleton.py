@@ -93,7 +93,9 @@ def vit_skeleton(arch: ViTArch | str, w_bits: int, a_bits: int, lower_config: di
     W{w_bits}A{a_bits}; ``lower_config`` overrides LOWER_DEFAULTS."""
     if isinstance(arch, str):
         if arch not in ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+            hint = (" (skeletons are ViT/DeiT twins; count a Swin from its lowered IR: --model, or --ir DIR)"
+                    if "swin" in arch.lower() else "")
+            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}{hint}")
         model = model or arch
         arch = ARCHS[arch]
     lc = dict(LOWER_DEFAULTS, **(lower_config or {}))
