@@ -317,3 +317,52 @@ def test_swin_tiny_lowers_runs_bit_exact_and_counts_its_macs():
     cf = swin_closed_form_macs(224, 4, 3, 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4.0, 1000)
     assert cf["total"] / 1e9 == pytest.approx(4.5, rel=0.02)
     check_swin_counts(g, cf)
+
+
+# -- hostile IR: the validator refuses malformed Swin nodes ------------------------------------------------
+
+
+def _mutated(mutate):
+    import copy as _copy
+
+    from repq_hw.ir.validate import IRValidationError, validate_graph
+
+    _, g, _ = lowered("test_swin_pad", 8)
+    g2 = _copy.deepcopy(g)
+    mutate(g2)
+    with pytest.raises(IRValidationError) as e:
+        validate_graph(g2)
+    return str(e.value)
+
+
+def _node(g, op, pred=lambda n: True):
+    return next(n for n in g.nodes if n.op == op and pred(n))
+
+
+@pytest.mark.parametrize("mutation, message", [
+    (lambda g: _node(g, Op.WINDOW_PARTITION, lambda n: n.attrs["shift"]).attrs.__setitem__("shift", 4),
+     "shift 4 must be below the window 4"),
+    (lambda g: _node(g, Op.WINDOW_PARTITION).attrs.__setitem__("window", 5), "window_partition"),
+    (lambda g: _node(g, Op.WINDOW_PARTITION).attrs.__setitem__("pad_value", 300), "pad_value 300 outside uint8"),
+    (lambda g: _node(g, Op.WINDOW_REVERSE).attrs.__setitem__("height", 15), "window_reverse"),
+    (lambda g: _node(g, Op.PATCH_MERGE).attrs.__setitem__("width", 6), "patch_merge"),
+    (lambda g: _node(g, Op.SPLIT_HEADS, lambda n: "windows" in n.attrs).attrs.__setitem__("windows", 5),
+     "do not split into 5 windows"),
+    (lambda g: _node(g, Op.AVG_POOL).attrs.__setitem__("rounding", "nearest"), "rounding attribute"),
+    (lambda g: _node(g, Op.ADD_CONST).__setattr__("consts", {}), "missing constant role 'value'"),
+])
+def test_validator_refuses_malformed_swin_nodes(mutation, message):
+    assert message in _mutated(mutation)
+
+
+def test_validator_refuses_a_bias_that_does_not_tile():
+    def mutate(g):
+        node = _node(g, Op.ADD_CONST, lambda n: n.name.endswith("bias_mask") and g.constants[n.consts["value"]].shape[0] > 2)
+        c = node.consts["value"]
+        v = g.constants[c]
+        g.constants[c] = np.ascontiguousarray(v[:-1])
+        from repq_hw.ir.graph import IntType
+
+        g.const_types[c] = IntType(True, 32, g.constants[c].shape)
+
+    assert "does not tile input" in _mutated(mutate)
