@@ -90,3 +90,15 @@ def test_golden_inputs_refuses_pickles_and_bad_shapes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and "--inputs" in err and str(f) in err and "Traceback" not in err
     assert not (tmp_path / "gs").exists()
+
+
+def test_golden_from_the_bundled_swin(tmp_path, capsys):
+    """`repq-hw golden --model swin_digits`: calibrate, lower (Swin), write the head and a patch merging, verify."""
+    out = tmp_path / "swin"
+    assert main(["golden", "--model", "swin_digits", "--bits", "8", "--images", "1", "--ops", "head*",
+                 "--ops", "layers.1.downsample.*", "--formats", "hex", "--out", str(out), "--no-progress"]) == 0
+    gs = GoldenSet(out)
+    types = {o["op"] for o in gs.ops}
+    assert {"avg_pool", "patch_merge", "gemm", "requantize"} <= types
+    assert main(["golden", "verify", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
