@@ -36,7 +36,7 @@ def cached_graph(model: str, w_bits: int, a_bits: int, *, verbose: bool = True):
     import torch
 
     from repq_hw.fidelity import input_codes
-    from repq_hw.lower.vit import lower_vit
+    from repq_hw.lower import lower_model
     from repq_hw.models.registry import create_model
     from repq_hw.quant.model import QuantConfig, build_calibrated
 
@@ -48,7 +48,7 @@ def cached_graph(model: str, w_bits: int, a_bits: int, *, verbose: bool = True):
     x = torch.randn(CALIB_IMAGES, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     cfg = QuantConfig(w_bits=w_bits, a_bits=a_bits)
     q = build_calibrated(m, x, cfg, progress=False)
-    g = lower_vit(q, cfg, x, meta={"model": model})
+    g = lower_model(q, cfg, x, meta={"model": model})
     xin = torch.randn(INPUT_IMAGES, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     codes = input_codes(q, xin)
     save_graph(g, d)

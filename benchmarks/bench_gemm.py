@@ -10,7 +10,8 @@ reference (``gemm_zp_ref`` / ``bmm_zp_ref`` / ``attn_v_shift_ref``) on the same 
     .venv/bin/python benchmarks/bench_gemm.py [--bits 8,4] [--threads N] [--repeats 5] [--json out.json]
 
 attn x V is not a GEMM (shift-and-add); it is listed with its equivalent MAC count: the fast kernel runs it
-as two int16 GEMMs of power-of-two weights (even and odd log2 codes), i.e. twice that many vpmaddwd MACs.
+as dot products of power-of-two weight planes (even and odd log2 codes, one or two planes each), i.e. two to
+four times that many vpdpbusd MACs (``benchmarks/bench_attn.py`` has the attention kernels in detail).
 """
 
 from __future__ import annotations
@@ -240,8 +241,8 @@ def main():
     import torch
 
     from repq_hw.kernels import gemm_vnni as G
-    from repq_hw.kernels.attn_v_shift import attn_v_shift_ref
-    from repq_hw.kernels.fast_ops import attn_v_fast
+    from repq_hw.kernels.attn_v_shift import attn_v_path, attn_v_shift_ref
+    from repq_hw.kernels.attn_v_shift import attn_v_shift_fast as attn_v_fast
     from repq_hw.kernels.gemm import bmm_zp, bmm_zp_ref, gemm_zp, gemm_zp_ref
 
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
@@ -305,8 +306,8 @@ def main():
         t_old = timed(lambda: attn_v_shift(c, v, vz, lbits, f, 15, "half_even"), max(1, a.repeats // 2))
         ta, tv = torch.randn(B * H, T, T), torch.randn(B * H, T, D)
         t_mm = timed(lambda: torch.bmm(ta, tv), a.repeats)
-        rows.append((f"W{bits}A{bits}", "attn.V (shift-add)", f"{B * H}x{T}x{T}x{D}", "i16 x2", macs / t_fast,
-                     ceil["vpmaddwd"] / 2, macs / t_mm, macs / t_old, exact))
+        rows.append((f"W{bits}A{bits}", "attn.V (shift-add)", f"{B * H}x{T}x{T}x{D}", attn_v_path(), macs / t_fast,
+                     ceil["vpdpbusd" if attn_v_path() == "vnni" else "vpmaddwd"] / 2, macs / t_mm, macs / t_old, exact))
     print("\n| bits | layer | M x K x N | path | GMAC/s | % of ceiling | torch fp32 GMAC/s | x torch | "
           "plain Numba GMAC/s | bit-exact |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -314,8 +315,8 @@ def main():
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.1f} | {100 * r[4] / r[5]:.0f}% | {r[6]:.1f} | "
               f"{r[4] / r[6]:.2f} | {r[7]:.1f} | {r[8]} |")
     print("\n% of ceiling: against the tight loop of the path's own instruction, re-measured just before "
-          "each row (attn.V: half the vpmaddwd "
-          "ceiling, as it runs two GEMMs for one MAC count).")
+          "each row (attn.V: half the ceiling of its path's instruction, as it runs at least two plane products "
+          "for one MAC count; benchmarks/bench_attn.py has the details).")
     save_json(a.json, {"machine": machine(), "threads": nt, "ceilings": ceil, "rows": rows})
 
 

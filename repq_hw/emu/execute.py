@@ -232,27 +232,39 @@ def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str
         for t in node.inputs:
             last_use[t] = i
     plan = None
+    fuse = False
     if backend == "fast":
         from repq_hw.emu import fast
 
         if fast.ENABLED:
             plan = fast.prepare(g)
+            fuse = fast.FUSE and not keep_all  # a fused chain's intermediate tensor is never stored
+    chained: dict[int, np.ndarray] = {}  # node index -> its output, computed by a chain that started earlier
+    inside: set[int] = set()  # nodes inside a chain that ran: nothing to compute
     for i, node in enumerate(g.nodes):
-        args = [env[t] for t in node.inputs]
-        y = None
-        step = plan.step(i) if plan is not None else None
-        if step is not None:
-            y = step(args)  # None: a precondition of the fast kernel failed, run the plain one
-        if y is None:
-            y = run_node(g, node, args, backend)
-        out_t = g.tensors[node.outputs[0]].type
-        if y.shape[1:] != out_t.shape:
-            raise RuntimeError(f"node {node.name!r}: produced {y.shape[1:]}, declared {out_t.shape}")
-        env[node.outputs[0]] = y
+        y = chained.pop(i, None)
+        if y is None and i not in inside:
+            args = [env[t] for t in node.inputs]
+            chain = plan.fusion(i) if fuse else None
+            yc = chain[1](args) if chain is not None else None  # None: run the chain's nodes unfused
+            if yc is not None:
+                chained.update(zip(chain[0], yc))  # the chain's outputs, stored when their nodes come
+                inside.update(chain[2])
+            else:
+                step = plan.step(i) if plan is not None else None
+                if step is not None:
+                    y = step(args)  # None: a precondition of the fast kernel failed, run the plain one
+                if y is None:
+                    y = run_node(g, node, args, backend)
+        if y is not None:
+            out_t = g.tensors[node.outputs[0]].type
+            if y.shape[1:] != out_t.shape:
+                raise RuntimeError(f"node {node.name!r}: produced {y.shape[1:]}, declared {out_t.shape}")
+            env[node.outputs[0]] = y
         if not keep_all:
             for t in node.inputs:
                 if last_use.get(t) == i and t not in g.outputs and t not in g.inputs:
-                    del env[t]
+                    env.pop(t, None)  # (a chain's intermediate was never stored)
         if progress is not None:
             progress(node)
     return env if keep_all else {n: env[n] for n in g.outputs}

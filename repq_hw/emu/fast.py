@@ -5,9 +5,14 @@
 * GEMM: weights packed for the CPU's fastest exact kernel (``kernels.gemm_vnni``: VNNI, AVX2 or the
   portable fallback), the zero-point corrections folded into per-column constants;
 * BMM_QK: ``gemm_vnni.bmm_zp_fast`` (the second operand is data, packed per head in the kernel);
-* REQUANT, LAYERNORM, SOFTMAX, LOG2_CODE, LUT, ADD, ATTN_V: the branch-free kernels of
-  ``kernels.fast_ops``, with their constants checked once (overflow cannot happen, tables built from
-  the reference by exhaustion);
+* REQUANT, LAYERNORM, SOFTMAX, LOG2_CODE, LUT, ADD, ATTN_V: each op's fast kernel, in the op's own module
+  (``kernels.rounding.requant_fast``, ``kernels.layernorm.layernorm_requant_fast``, ``kernels.softmax.
+  softmax_fast``, ``kernels.log2_code.log2_code_table``, ``kernels.lut.lookup_fast``, ``kernels.add.sat_add``,
+  ``kernels.attn_v_shift.attn_v_shift_fast``), with their constants checked once (overflow cannot happen,
+  tables built from the reference by exhaustion);
+* fused chains (``kernels.fused``: softmax -> log2_code, GEMM -> requantize on the vnni path) where the
+  caller asks for no intermediate tensor (not ``keep_all``; ``FUSE = False`` switches them off):
+  :meth:`Plan.fusion`;
 * anything else, and any node whose precondition fails, runs ``execute.run_node`` (the plain Numba
   kernels), so every tensor is what the reference computes, errors included.
 
@@ -34,13 +39,24 @@ import numpy as np
 
 from repq_hw.ir.graph import Graph, Node
 from repq_hw.ir.ops import Op
-from repq_hw.kernels import fast_ops as F
+from repq_hw.kernels import add as ADD
+from repq_hw.kernels import attn_v_shift as AV
+from repq_hw.kernels import fused as FU
 from repq_hw.kernels import gemm_vnni as G
+from repq_hw.kernels import layernorm as LN
+from repq_hw.kernels import log2_code as L2
+from repq_hw.kernels import lut as LUT
+from repq_hw.kernels import rounding as RQ
+from repq_hw.kernels import softmax as SM
 
-__all__ = ["ENABLED", "Plan", "prepare"]
+__all__ = ["ENABLED", "FUSE", "Plan", "prepare"]
 
 ENABLED = True
 """When False, ``run_graph(..., "fast")`` runs the plain per-op Numba kernels (``KERNELS``) only."""
+
+FUSE = True
+"""When False, the plan runs no fused chain (``kernels.fused``) even where no intermediate tensor is asked
+for.  ``run_graph(..., keep_all=True)`` never fuses."""
 
 _ATTR = "_repq_fast_plan"
 _UNBUILT = object()
@@ -53,6 +69,7 @@ class Plan:
         self.key = _key(g) if key is None else key
         self._g = g
         self._steps: list = [_UNBUILT] * len(g.nodes)
+        self._fusions: dict | None = None
         if not lazy:
             self.build_all()
 
@@ -75,6 +92,15 @@ class Plan:
     @property
     def packed_bytes(self) -> int:
         return sum(getattr(s, "nbytes", 0) for s in self.steps if s is not None)
+
+    def fusion(self, i: int) -> tuple[tuple[int, ...], Callable, tuple[int, ...]] | None:
+        """``(ends, step, between)`` when node i starts a fused chain (``kernels.fused``) whose results are
+        the outputs of the nodes ``ends``: ``step(args of node i)`` returns them (a tuple, or None: run the
+        nodes unfused), and the nodes ``between`` are not run.  Only for a caller that asked for no
+        intermediate tensor (``run_graph`` checks ``FUSE`` and ``keep_all``)."""
+        if self._fusions is None:
+            self._fusions = _find_fusions(self._g, self)
+        return self._fusions.get(i)
 
     def gemm_paths(self) -> dict[str, str]:
         return {s.node: s.path for s in self.steps if isinstance(s, _Gemm)}
@@ -151,14 +177,14 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
             return bmm
         if op == Op.REQUANT:
             off = g.const(node, "offset") if "offset" in node.consts else 0
-            rc = F.RequantConsts.make(in_t.shape[-1], g.const(node, "multiplier"), g.const(node, "shift"), off,
+            rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(node, "multiplier"), g.const(node, "shift"), off,
                                       int(a["zero_point"]), out_t.min, out_t.max, a["rounding"])
             if rc is None:
                 return None
-            return lambda args: F.requant_fast(args[0], rc, out_t.storage)
+            return lambda args: RQ.requant_fast(args[0], rc, out_t.storage)
         if op == Op.LAYERNORM:
             c = in_t.shape[-1]
-            rc = F.RequantConsts.make(c, g.const(node, "multiplier"), g.const(node, "shift"),
+            rc = RQ.RequantConsts.make(c, g.const(node, "multiplier"), g.const(node, "shift"),
                                       g.const(node, "offset"), int(a["zero_point"]), out_t.min, out_t.max,
                                       a["rounding"])
             if rc is None:
@@ -168,13 +194,13 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
             def ln(args):
                 x = args[0]
                 b, t, cc = x.shape
-                y = F.layernorm_requant_fast(x.reshape(b * t, cc), eps, fb, rc, out_t.storage)
+                y = LN.layernorm_requant_fast(x.reshape(b * t, cc), eps, fb, rc, out_t.storage)
                 return None if y is None else y.reshape(b, t, cc)
 
             return ln
         if op == Op.SOFTMAX:
             def sm(args):
-                y = F.softmax_fast(args[0], int(a["multiplier"]), int(a["shift"]), int(a["frac_bits"]),
+                y = SM.softmax_fast(args[0], int(a["multiplier"]), int(a["shift"]), int(a["frac_bits"]),
                                    int(a["lut_bits"]), int(a["out_bits"]), a["rounding"])
                 return None if y is None else y.astype(out_t.storage, copy=False)
 
@@ -182,25 +208,33 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
         if op == Op.LOG2_CODE:
             if in_t.signed:
                 return None
-            table = F.log2_code_table(g.const(node, "thresholds"), int(a["bits"]), in_t.bits)
+            table = L2.log2_code_table(g.const(node, "thresholds"), int(a["bits"]), in_t.bits)
             if table is None:
                 return None
-            return lambda args: F.table_lookup(args[0], table, out_t.storage)
+            return lambda args: L2.table_lookup(args[0], table, out_t.storage)
         if op == Op.LUT:
             table, lo = g.const(node, "table"), int(a["in_min"])
-            return lambda args: F.lookup_fast(args[0], table, lo, out_t.storage)
+            return lambda args: LUT.lookup_fast(args[0], table, lo, out_t.storage)
         if op == Op.ADD:
-            return lambda args: F.sat_add(args[0], args[1], out_t.min, out_t.max, out_t.storage)
+            return lambda args: ADD.sat_add(args[0], args[1], out_t.min, out_t.max, out_t.storage)
         if op == Op.ATTN_V:
+            full32 = out_t.storage == np.int32 and out_t.min == -(1 << 31) and out_t.max == (1 << 31) - 1
+            zp_v, f_v = int(a["v_zp"]), int(a["shift_frac"])
+            vmax = max(abs(zp_v), abs(255 - zp_v))
+
             def av(args):
                 x, v = args
                 b, h, n, n2 = x.shape
                 if x.dtype != np.uint8 or v.dtype != np.uint8:
                     return None
-                y = F.attn_v_fast(x.reshape(b * h, n, n2), v.reshape(b * h, n2, -1), int(a["v_zp"]),
-                                  int(a["bits"]), int(a["shift_frac"]), int(a["sqrt2_frac_bits"]), a["rounding"])
+                # the kernel writes int32 itself where |out| <= N*V*2^F + 1 proves that every result fits
+                exact32 = full32 and 0 <= f_v <= 62 and n2 * vmax * (1 << f_v) + 1 <= (1 << 31) - 1
+                i32 = np.int32 if exact32 else np.int64
+                y = AV.attn_v_shift_fast(x.reshape(b * h, n, n2), v.reshape(b * h, n2, -1), int(a["v_zp"]),
+                                         int(a["bits"]), int(a["shift_frac"]), int(a["sqrt2_frac_bits"]),
+                                         a["rounding"], out_dtype=i32)
                 y = y.reshape(b, h, n, -1)
-                if y.size and (y.min() < out_t.min or y.max() > out_t.max):
+                if not exact32 and y.size and (y.min() < out_t.min or y.max() > out_t.max):
                     raise OverflowError(f"node {node.name!r}: result [{y.min()}, {y.max()}] outside declared "
                                         f"{out_t.name}")
                 return y.astype(out_t.storage)
@@ -209,3 +243,182 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
     except (KeyError, ValueError, TypeError):  # malformed node: let the plain path raise its own error
         return None
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused chains (where no tap is requested)
+# ---------------------------------------------------------------------------------------------
+
+
+def _find_fusions(g: Graph, plan: Plan) -> dict[int, tuple[tuple[int, ...], Callable, tuple[int, ...]]]:
+    """Node index -> (the chain's result nodes, step, nodes in between) for every chain of
+    ``kernels.fused`` in ``g``: each intermediate tensor has exactly one consumer, which takes no other input,
+    and is no graph output."""
+    consumers: dict[str, list[int]] = {}
+    for j, n in enumerate(g.nodes):
+        for t in n.inputs:
+            consumers.setdefault(t, []).append(j)
+
+    def sole_next(i: int) -> int | None:
+        t = g.nodes[i].outputs[0]
+        cs = consumers.get(t, [])
+        if len(cs) != 1 or t in g.outputs or cs[0] <= i or g.nodes[cs[0]].inputs != [t]:
+            return None
+        return cs[0]
+
+    out = {}
+    taken: set[int] = set()
+    for i, node in enumerate(g.nodes):
+        if i in taken:
+            continue
+        if node.op == Op.GEMM:
+            sl = _slices_requant(g, consumers, i)
+            if sl is not None:
+                step = _gemm_requant_slices(g, plan.step(i), [g.nodes[r] for r in sl[1]], [g.nodes[q] for q in sl[0]])
+                if step is not None:
+                    out[i] = (tuple(sl[1]), step, tuple(sl[0]))
+                    taken.update(sl[0] + sl[1])
+                    continue
+        j = sole_next(i)
+        if j is None:
+            continue
+        nxt = g.nodes[j]
+        try:
+            if node.op == Op.SOFTMAX and nxt.op == Op.LOG2_CODE:
+                step = _softmax_log2(g, node, nxt)
+            elif node.op == Op.GEMM and nxt.op == Op.REQUANT:
+                j2 = sole_next(j)
+                if j2 is not None and g.nodes[j2].op == Op.LUT:
+                    step = _gemm_requant_lut(g, plan.step(i), nxt, g.nodes[j2])
+                    if step is not None:
+                        out[i] = ((j2,), _one(step), (j,))
+                        taken.update((j, j2))
+                        continue
+                step = _gemm_requant(g, plan.step(i), nxt)
+            else:
+                continue
+        except (KeyError, ValueError, TypeError):
+            continue
+        if step is not None:
+            out[i] = ((j,), _one(step), ())
+            taken.add(j)
+    return out
+
+
+def _one(step: Callable) -> Callable:
+    def run(args):
+        y = step(args)
+        return None if y is None else (y,)
+
+    return run
+
+
+def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int) -> tuple[list[int], list[int]] | None:
+    """(slice nodes, requantize nodes) when every consumer of node i's output is a SLICE whose only consumer
+    is a REQUANT (no graph outputs among them), else None."""
+    t = g.nodes[i].outputs[0]
+    cs = consumers.get(t, [])
+    if len(cs) < 2 or t in g.outputs:
+        return None
+    rqs = []
+    for q in cs:
+        sn = g.nodes[q]
+        if sn.op != Op.SLICE or sn.inputs != [t] or q <= i or sn.outputs[0] in g.outputs:
+            return None
+        nx = consumers.get(sn.outputs[0], [])
+        if len(nx) != 1 or g.nodes[nx[0]].op != Op.REQUANT or g.nodes[nx[0]].inputs != [sn.outputs[0]]:
+            return None
+        rqs.append(nx[0])
+    return cs, rqs
+
+
+def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node]) -> Callable | None:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+        return None
+    starts = [int(s.attrs["start"]) for s in slices]
+    widths = {int(s.attrs["stop"]) - int(s.attrs["start"]) for s in slices}
+    dts = {g.tensors[r.outputs[0]].type.storage for r in rqs}
+    if len(widths) != 1 or len(dts) != 1:
+        return None
+    w = widths.pop()
+    if min(starts) < 0 or max(starts) + w > gemm_step.pk.n:
+        return None
+    rcs = []
+    for rq in rqs:
+        out_t = g.tensors[rq.outputs[0]].type
+        off = g.const(rq, "offset") if "offset" in rq.consts else 0
+        rc = RQ.RequantConsts.make(w, g.const(rq, "multiplier"), g.const(rq, "shift"), off,
+                                   int(rq.attrs["zero_point"]), out_t.min, out_t.max, rq.attrs["rounding"])
+        if rc is None:
+            return None
+        rcs.append(rc)
+    pk, dt = gemm_step.pk, dts.pop()
+
+    def step(args):
+        x = args[0]
+        b, m, k = x.shape
+        ys = FU.gemm_requant_slices(np.ascontiguousarray(x).reshape(b * m, k), pk, starts, w, rcs, dt)
+        return None if ys is None else tuple(y.reshape(b, m, w) for y in ys)
+
+    return step
+
+
+def _softmax_log2(g: Graph, sm: Node, lg: Node) -> Callable | None:
+    mid_t = g.tensors[sm.outputs[0]].type
+    out_t = g.tensors[lg.outputs[0]].type
+    if mid_t.signed:
+        return None
+    table = L2.log2_code_table(g.const(lg, "thresholds"), int(lg.attrs["bits"]), mid_t.bits)
+    if table is None:
+        return None
+    a = sm.attrs
+    attrs = (int(a["multiplier"]), int(a["shift"]), int(a["frac_bits"]), int(a["lut_bits"]), int(a["out_bits"]),
+             a["rounding"])
+
+    def step(args):
+        return FU.softmax_log2_code(args[0], *attrs, table, out_t.storage)
+
+    return step
+
+
+def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | None:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+        return None
+    in_t = g.tensors[rq.inputs[0]].type
+    mid_t = g.tensors[rq.outputs[0]].type
+    out_t = g.tensors[lut.outputs[0]].type
+    off = g.const(rq, "offset") if "offset" in rq.consts else 0
+    rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(rq, "multiplier"), g.const(rq, "shift"), off,
+                               int(rq.attrs["zero_point"]), mid_t.min, mid_t.max, rq.attrs["rounding"])
+    if rc is None:
+        return None
+    table, lo, pk = g.const(lut, "table"), int(lut.attrs["in_min"]), gemm_step.pk
+
+    def step(args):
+        x = args[0]
+        b, m, k = x.shape
+        y = FU.gemm_requant_lut(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, table, lo, out_t.storage)
+        return None if y is None else y.reshape(b, m, -1)
+
+    return step
+
+
+def _gemm_requant(g: Graph, gemm_step, rq: Node) -> Callable | None:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+        return None
+    in_t = g.tensors[rq.inputs[0]].type
+    out_t = g.tensors[rq.outputs[0]].type
+    off = g.const(rq, "offset") if "offset" in rq.consts else 0
+    rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(rq, "multiplier"), g.const(rq, "shift"), off,
+                              int(rq.attrs["zero_point"]), out_t.min, out_t.max, rq.attrs["rounding"])
+    if rc is None:
+        return None
+    pk = gemm_step.pk
+
+    def step(args):
+        x = args[0]
+        b, m, k = x.shape
+        y = FU.gemm_requant(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, out_t.storage)
+        return None if y is None else y.reshape(b, m, -1)
+
+    return step

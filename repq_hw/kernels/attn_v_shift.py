@@ -23,9 +23,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .rounding import mode_id, rounding_rshift, rounding_rshift_ref
+from . import simd
+from .gemm_vnni import _tile_i16, _tile_vnni
+from .rounding import mode_id, rounding_rshift, rounding_rshift_bf, rounding_rshift_ref
+from .simd import add32, hsum32, keep_first_u8, load16, max_u8, permb, sad_u8, store16, zero16, zero_where_u8
 
-__all__ = ["attn_v_shift", "attn_v_shift_ref", "sqrt2_multiplier"]
+__all__ = ["AV_PATHS", "attn_v_path", "attn_v_shift", "attn_v_shift_fast", "attn_v_shift_ref", "sqrt2_multiplier"]
 
 _I64_MAX = (1 << 63) - 1
 
@@ -49,6 +52,16 @@ def sqrt2_multiplier(frac_bits: int) -> int:
 
 
 def _check(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op):
+    return _check_impl(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op, True)
+
+
+def _check_static(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op):
+    """:func:`_check` without the two scans of the codes (code above Z, truncation): the fast kernel
+    makes them itself while it reads the codes, and hands a failing call to the plain kernel."""
+    return _check_impl(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op, False)
+
+
+def _check_impl(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op, scan):
     ca = np.asarray(c)
     va = np.asarray(v)
     if ca.dtype != np.uint8 or va.dtype != np.uint8:
@@ -59,7 +72,7 @@ def _check(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op):
     if not 2 <= b <= 8:
         raise ValueError(f"{op}: bits={b} outside [2, 8]")
     z = (1 << b) - 1
-    if ca.size and int(ca.max()) > z:
+    if scan and ca.size and int(ca.max()) > z:
         raise ValueError(f"{op}: code {int(ca.max())} > zero state {z} for bits={b}")
     if isinstance(v_zp, bool) or not isinstance(v_zp, (int, np.integer)):
         raise ValueError(f"{op}: v_zp must be an integer scalar, got {v_zp!r}")  # noqa: TRY004 (bad attributes raise ValueError project-wide)
@@ -71,7 +84,7 @@ def _check(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op):
         raise ValueError(f"{op}: shift_frac={f} outside [0, 62]")
     q = int(sqrt2_frac_bits)
     r = sqrt2_multiplier(q)
-    nz = ca[ca != z]
+    nz = ca[ca != z] if scan else ca[:0]
     if nz.size:
         cmax = int(nz.max())
         need = (cmax + 1) // 2  # ceil(c/2): even c=2j needs F >= j, odd c=2j+1 needs F >= j+1
@@ -187,3 +200,477 @@ def attn_v_shift(
     out = np.empty((ca.shape[0], ca.shape[1], va.shape[2]), dtype=np.int64)
     _attn_v_rows(np.ascontiguousarray(ca), np.ascontiguousarray(va), zp, z, f, q, r, mid, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel: the shift-and-add sums as dot products of power-of-two weight planes
+# ---------------------------------------------------------------------------------------------
+#
+# Per head, acc_even = sum_n 2^(F-j) dv and acc_odd = sum_n 2^(F-j-1) dv are computed as GEMMs whose
+# left operand is the *weight* 2^s of each (row, n) -- a power of two, i.e. a shifted one.  A weight
+# 2^s with exponent s in [base, base + W*P) is split into P planes of W exponents: plane p holds
+# 2^(s - base - W*p) where s falls in it and 0 elsewhere, so every plane entry is 0 or a power of two
+# below 2^W and
+#
+#     acc = sum_p 2^(base + W*p) * sum_n plane_p[m, n] * dv[n, d]          (exact: integer identities)
+#
+# W = 8 (u8 planes, vpdpbusd, 64 u8 x s8 MACs per instruction) or 15 (int16 planes, vpmaddwd).  base is
+# the smallest exponent of that parity present in the head, so the planes cover only the codes that
+# occur (W4A4: one plane per parity; W8A8 with 24 codes: two).  The right operand is v - 128 in int8
+# (v ^ 0x80), and sum_n w*(v - v_zp) = dot + (128 - v_zp) * sum_n w, the row sum of the plane, so every
+# plane product is a u8 x s8 (or s16 x s16) dot product bounded by N * 2^(W-1) * 128 < 2^31 (checked).
+# No multiplier touches the attention operand in the arithmetic: the planes are a layout of the shifts.
+# Even and odd sums are kept apart, then out = acc_even + rounding_rshift(acc_odd * R, Q) exactly as in
+# the reference.  A row group whose plane is all zero (no code of it in those rows) is skipped.
+
+AV_PATHS = ("vnni", "i16", "portable")
+"""Paths of :func:`attn_v_shift_fast`: ``vnni`` (u8 planes, vpdpbusd), ``i16`` (int16 planes, vpmaddwd, AVX2)
+and ``portable`` (the plain Numba kernel :func:`attn_v_shift`)."""
+
+_I32_MAX = (1 << 31) - 1
+_MAX_BLOCKS = 16  # 2 parities x at most ceil(63 / 8) planes
+_HEAD_CHUNKS = 16  # heads are split into at most this many chunks over the threads
+
+
+def attn_v_path(path: str | None = None) -> str:
+    """The attn x V path: ``path``, else the GEMM module's forced path (``gemm_vnni.force_path``: vnni ->
+    vnni, u8s8 / i16 / f32 -> i16, portable -> portable), else the CPU's best."""
+    from . import gemm_vnni as _g
+    from . import simd as _s
+
+    p = path or _g.FORCE_PATH
+    if p is None:
+        return "vnni" if _s.has_vnni512() else ("i16" if _s.has_avx2() else "portable")
+    if p in ("u8s8", "f32"):
+        return "i16"
+    if p not in AV_PATHS:
+        raise ValueError(f"unknown attn_v path {p!r}; expected one of {AV_PATHS}")
+    return p
+
+
+@njit(cache=True)
+def _pack_v_s8(v, i, kqn, npan, bp):
+    """v[i] [N, D] -> int8 panels (panel of 32 columns, n/4, 32 lanes, 4) of v - 128 (zero padded)."""
+    n, d = v.shape[1], v.shape[2]
+    if d != 32 * npan or n % 4:
+        bp[:] = 0
+    for k4 in range(n // 4):
+        r0 = v[i, 4 * k4]
+        r1 = v[i, 4 * k4 + 1]
+        r2 = v[i, 4 * k4 + 2]
+        r3 = v[i, 4 * k4 + 3]
+        for p in range(npan):
+            o = (p * kqn + k4) * 128
+            for j in range(min(32, d - 32 * p)):
+                t = 32 * p + j
+                bp[o + 4 * j] = np.int8(np.int32(r0[t]) - 128)
+                bp[o + 4 * j + 1] = np.int8(np.int32(r1[t]) - 128)
+                bp[o + 4 * j + 2] = np.int8(np.int32(r2[t]) - 128)
+                bp[o + 4 * j + 3] = np.int8(np.int32(r3[t]) - 128)
+    for k in range(n - n % 4, n):
+        base = (k >> 2) * 128 + (k & 3)
+        for t in range(d):
+            bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
+
+
+@njit(cache=True)
+def _pack_v_i16(v, i, k2n, npan, bp):
+    """v[i] [N, D] -> int16 panels (panel of 16 columns, n/2, 16 lanes, 2) of v - 128 (zero padded)."""
+    n, d = v.shape[1], v.shape[2]
+    bp[:] = 0
+    for k in range(n):
+        base = (k >> 1) * 32 + (k & 1)
+        for t in range(d):
+            p = t >> 4
+            bp[p * k2n * 32 + base + (t & 15) * 2] = np.int16(np.int32(v[i, k, t]) - 128)
+
+
+@njit(cache=True)
+def _combine(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0, e_acc, o_acc):
+    """out[i, m0 + rr, :] = acc_even + rounding_rshift(acc_odd * R, Q) from the plane products g (int32)."""
+    for rr in range(rows):
+        for t in range(d):
+            e_acc[t] = 0
+            o_acc[t] = 0
+        for b in range(nblk):
+            if blive[b] == 0:
+                continue
+            row = b * rg + rr
+            cr = corr * np.int64(rs[row])
+            sh = bshl[b]
+            o = row * d
+            if bpar[b] == 0:
+                for t in range(d):
+                    e_acc[t] += (np.int64(g[o + t]) + cr) << sh
+            else:
+                for t in range(d):
+                    o_acc[t] += (np.int64(g[o + t]) + cr) << sh
+        for t in range(d):
+            out[i, m0 + rr, t] = e_acc[t] + rounding_rshift_bf(o_acc[t] * r, q, half_q, mode)
+
+
+@njit(cache=True)
+def _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0, e_acc,
+                  o_acc):
+    """:func:`_combine` in one pass per row for the block layouts of lowered models (evens first: one even
+    and one odd block, or two of each); any other layout goes to :func:`_combine`.  Blocks not live must
+    have zero rows in g."""
+    ne = 0
+    for b in range(nblk):
+        ne += bpar[b] == 0
+    no = nblk - ne
+    if not ((ne == 1 and no == 1) or (ne == 2 and no == 2)):
+        _combine(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0, e_acc, o_acc)
+        return
+    orow = out[i]
+    for rr in range(rows):
+        if ne == 1:
+            oe = rr * d
+            oo = (rg + rr) * d
+            ce = corr * np.int64(rs[rr])
+            co = corr * np.int64(rs[rg + rr])
+            se = bshl[0]
+            so = bshl[1]
+            for t in range(d):
+                ev = (np.int64(g[oe + t]) + ce) << se
+                od = (np.int64(g[oo + t]) + co) << so
+                orow[m0 + rr, t] = ev + rounding_rshift_bf(od * r, q, half_q, mode)
+        else:
+            oe0 = rr * d
+            oe1 = (rg + rr) * d
+            oo0 = (2 * rg + rr) * d
+            oo1 = (3 * rg + rr) * d
+            ce0 = corr * np.int64(rs[rr])
+            ce1 = corr * np.int64(rs[rg + rr])
+            co0 = corr * np.int64(rs[2 * rg + rr])
+            co1 = corr * np.int64(rs[3 * rg + rr])
+            se0 = bshl[0]
+            se1 = bshl[1]
+            so0 = bshl[2]
+            so1 = bshl[3]
+            for t in range(d):
+                ev = ((np.int64(g[oe0 + t]) + ce0) << se0) + ((np.int64(g[oe1 + t]) + ce1) << se1)
+                od = ((np.int64(g[oo0 + t]) + co0) << so0) + ((np.int64(g[oo1 + t]) + co1) << so1)
+                orow[m0 + rr, t] = ev + rounding_rshift_bf(od * r, q, half_q, mode)
+
+
+def _vnni_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The u8 planes of the vnni path, fixed by F and Z: (largest live code they represent ``cm``, block
+    parities, block powers of two, 64-entry byte tables per block: table[c] = 2^(exponent of c - shl)
+    where code c is live, of the block's parity and in its plane, else 0).
+
+    Codes 0 .. cm with cm = min(2F, Z - 1, 62 or 63): every valid code (ceil(c/2) <= F) up to the table
+    size; a table index is ``c & 63``, so where Z >= 64 it aliases entry 63, which is kept 0 (and a live
+    code of 63 or more sends the call to another kernel)."""
+    cm = min(2 * f, z - 1, 62 if z >= 64 else 63)
+    par, shl, tabs = [], [], []
+    for parity in (0, 1):
+        codes = np.arange(parity, cm + 1, 2)
+        if codes.size == 0:
+            continue
+        expo = f - (codes >> 1) - parity  # 2^expo is the reference's weight
+        lo = int(expo.min())
+        for p in range((int(expo.max()) - lo) // 8 + 1):
+            t = np.zeros(64, np.uint8)
+            e = expo - lo - 8 * p
+            sel = (e >= 0) & (e <= 7)
+            t[codes[sel]] = np.left_shift(1, e[sel]).astype(np.uint8)
+            par.append(parity)
+            shl.append(lo + 8 * p)
+            tabs.append(t)
+    return (cm, np.array(par, np.int64), np.array(shl, np.int64),
+            np.concatenate(tabs) if tabs else np.zeros(64, np.uint8))
+
+
+@njit(cache=True)
+def _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, st):
+    """Rows [0, rows) of a row group (codes at cf[coff + r*n + k]) as nblk u8 planes of rg rows
+    (a[(b*rg + r)*lda + k] = tbls[64*b + (c & 63)], vpermb; columns N .. lda-1 read as Z, i.e. 0), their
+    row sums rs (vpsadbw), and the byte-wise maxima of the codes (st[0:64]) and of the live codes (st[64:128])
+    seen so far (for the validity check)."""
+    mxa = zero16()
+    mxl = zero16()
+    total = cf.shape[0]
+    for r in range(rg):
+        if r >= rows:
+            for b in range(nblk):
+                rs[b * rg + r] = 0
+            continue  # rows past the group: their products are computed but never read
+        base = coff + r * n
+        for b in range(4, nblk):
+            rs[b * rg + r] = 0
+        s0 = zero16()
+        s1 = zero16()
+        s2 = zero16()
+        s3 = zero16()
+        for q4 in range(nv):
+            k0 = 64 * q4
+            if k0 + 64 <= n:
+                cv = load16(cf, base + k0)
+            elif base + k0 + 64 <= total:  # the row's tail: the bytes past N read as Z
+                cv = keep_first_u8(load16(cf, base + k0), n - k0, z)
+            else:  # the array's last row: no read past its end
+                for t in range(64):
+                    tail[t] = cf[base + k0 + t] if k0 + t < n else z
+                cv = load16(tail, 0)
+            mxa = max_u8(mxa, cv)
+            mxl = max_u8(mxl, zero_where_u8(cv, z))
+            o = r * lda + k0
+            wv = permb(ptag, load16(tbls, 0), cv)
+            store16(a, o, wv)
+            s0 = add32(s0, sad_u8(ptag, wv))
+            if nblk > 1:
+                wv = permb(ptag, load16(tbls, 64), cv)
+                store16(a, o + rg * lda, wv)
+                s1 = add32(s1, sad_u8(ptag, wv))
+            if nblk > 2:
+                wv = permb(ptag, load16(tbls, 128), cv)
+                store16(a, o + 2 * rg * lda, wv)
+                s2 = add32(s2, sad_u8(ptag, wv))
+            if nblk > 3:
+                wv = permb(ptag, load16(tbls, 192), cv)
+                store16(a, o + 3 * rg * lda, wv)
+                s3 = add32(s3, sad_u8(ptag, wv))
+            for b in range(4, nblk):
+                wv = permb(ptag, load16(tbls, 64 * b), cv)
+                store16(a, o + b * rg * lda, wv)
+                rs[b * rg + r] += hsum32(sad_u8(ptag, wv))
+        rs[r] = hsum32(s0)
+        if nblk > 1:
+            rs[rg + r] = hsum32(s1)
+        if nblk > 2:
+            rs[2 * rg + r] = hsum32(s2)
+        if nblk > 3:
+            rs[3 * rg + r] = hsum32(s3)
+    store16(st, 0, max_u8(load16(st, 0), mxa))
+    store16(st, 64, max_u8(load16(st, 64), mxl))
+
+
+@njit(cache=True, parallel=True)
+def _av_vnni(tag, ptag, c, v, z, nblk, bpar, bshl, tbls, zp, r, q, half_q, mode, out, st):
+    nb, m, n = c.shape
+    d = v.shape[2]
+    kqn = (n + 3) // 4
+    nv = (n + 63) // 64
+    lda = 64 * nv
+    npan = (d + 31) // 32
+    rg = 8
+    corr = np.int64(128 - zp)
+    cf = c.reshape(-1)
+    nr = max(nblk, 1) * rg
+    nch = min(nb, _HEAD_CHUNKS)  # scratch allocated once per chunk of heads
+    for ch in prange(nch):
+        blive = np.zeros(_MAX_BLOCKS, np.int64)
+        bp = np.empty(npan * kqn * 128, np.int8)
+        a = np.empty(nr * lda, np.uint8)
+        rs = np.zeros(nr, np.int32)
+        g = np.zeros(nr * d, np.int32)
+        cst = np.zeros(npan * 32, np.int32)
+        rs0 = np.zeros(nr, np.int32)
+        tail = np.empty(64, np.uint8)
+        e_acc = np.empty(d, np.int64)
+        o_acc = np.empty(d, np.int64)
+        for i in range(ch * nb // nch, (ch + 1) * nb // nch):
+            _pack_v_s8(v, i, kqn, npan, bp)
+            sti = st[i]
+            for m0 in range(0, m, rg):
+                rows = min(rg, m - m0)
+                _build_planes_vnni(ptag, cf, (i * m + m0) * n, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, sti)
+                for b in range(nblk):
+                    tot = np.int64(0)
+                    for rr in range(rg):
+                        tot += rs[b * rg + rr]
+                    blive[b] = tot != 0
+                    if tot == 0:  # no code of this plane in these rows: its products are 0
+                        g[b * rg * d:(b + 1) * rg * d] = 0
+                    else:
+                        for p in range(npan):
+                            _tile_vnni(tag, a, lda, b * rg, nr, bp, p * kqn * 128, kqn, cst, cst, rs0, False, p * 32,
+                                       g, d, d)
+                _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0,
+                              e_acc, o_acc)
+
+
+def _i16_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The int16 planes of the i16 path (W = 15 exponents each), fixed by F and Z: (largest live code ``cm``,
+    block parities, block powers of two, 256-entry int32 tables per block indexed by the code)."""
+    cm = min(2 * f, z - 1)
+    par, shl, tabs = [], [], []
+    for parity in (0, 1):
+        codes = np.arange(parity, cm + 1, 2)
+        if codes.size == 0:
+            continue
+        expo = f - (codes >> 1) - parity
+        lo = int(expo.min())
+        for p in range((int(expo.max()) - lo) // 15 + 1):
+            t = np.zeros(256, np.int32)
+            e = expo - lo - 15 * p
+            sel = (e >= 0) & (e <= 14)
+            t[codes[sel]] = np.left_shift(1, e[sel]).astype(np.int32)
+            par.append(parity)
+            shl.append(lo + 15 * p)
+            tabs.append(t)
+    return (cm, np.array(par, np.int64), np.array(shl, np.int64),
+            np.concatenate(tabs) if tabs else np.zeros(256, np.int32))
+
+
+@njit(cache=True)
+def _build_planes_tab(c, i, m0, rows, z, nblk, tbls, a, kp, rg, rs, st):
+    """Rows m0 .. m0+rows-1 of head i as nblk int16 planes of rg rows (a[(b*rg + r)*kp + n] = tbls[256*b + c],
+    zero past N and past ``rows``), their row sums rs, and st[0] = max code, st[1] = max live code."""
+    n = c.shape[2]
+    zz = np.int32(z)
+    mxa = np.int32(0)
+    mxl = np.int32(0)
+    for r in range(rows):
+        for k in range(n):
+            cc = np.int32(c[i, m0 + r, k])
+            mxa = max(mxa, cc)
+            mxl = max(mxl, np.int32(0) if cc == zz else cc)
+    st[0] = max(st[0], np.int64(mxa))
+    st[1] = max(st[1], np.int64(mxl))
+    for b in range(nblk):
+        tb = tbls[256 * b:256 * (b + 1)]
+        for r in range(rg):
+            o = (b * rg + r) * kp
+            tot = np.int32(0)
+            if r < rows:
+                for k in range(n):
+                    wgt = tb[c[i, m0 + r, k]]
+                    a[o + k] = np.int16(wgt)
+                    tot += wgt
+                for k in range(n, kp):
+                    a[o + k] = 0
+            else:
+                for k in range(kp):
+                    a[o + k] = 0
+            rs[b * rg + r] = tot
+
+
+@njit(cache=True, parallel=True)
+def _av_i16(tag, c, v, z, nblk, bpar, bshl, tbls, zp, r, q, half_q, mode, out, st):
+    nb, m, n = c.shape
+    d = v.shape[2]
+    k2n = (n + 1) // 2
+    kp = 2 * k2n
+    npan = (d + 15) // 16
+    rg = 6
+    corr = np.int64(128 - zp)
+    nr = max(nblk, 1) * rg
+    for i in prange(nb):
+        blive = np.zeros(_MAX_BLOCKS, np.int64)
+        bp = np.empty(npan * k2n * 32, np.int16)
+        _pack_v_i16(v, i, k2n, npan, bp)
+        a = np.empty(nr * kp, np.int16)
+        rs = np.zeros(nr, np.int32)
+        g = np.zeros(nr * d, np.int32)
+        cst = np.zeros(npan * 16, np.int32)
+        e_acc = np.empty(d, np.int64)
+        o_acc = np.empty(d, np.int64)
+        sti = st[i]
+        for m0 in range(0, m, rg):
+            rows = min(rg, m - m0)
+            _build_planes_tab(c, i, m0, rows, z, nblk, tbls, a, kp, rg, rs, sti)
+            for b in range(nblk):
+                tot = np.int64(0)
+                for rr in range(rg):
+                    tot += rs[b * rg + rr]
+                blive[b] = tot != 0
+                if tot == 0:
+                    g[b * rg * d:(b + 1) * rg * d] = 0
+                else:
+                    for p in range(npan):
+                        _tile_i16(tag, a, kp, b * rg, nr, bp, p * k2n * 32, k2n, cst, p * 16, g, d, d)
+            _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0,
+                          e_acc, o_acc)
+
+
+def attn_v_shift_fast(
+    c: np.ndarray,
+    v: np.ndarray,
+    v_zp: int,
+    bits: int,
+    shift_frac: int,
+    sqrt2_frac_bits: int,
+    rounding: str | int,
+    path: str | None = None,
+    out_dtype=np.int64,
+    impl: str | None = None,
+) -> np.ndarray:
+    """:func:`attn_v_shift_ref` (same arguments, result and errors) on the CPU's dot-product instructions.
+
+    The power-of-two weights become planes (see the comment above ``AV_PATHS``); ``path`` (else
+    :func:`attn_v_path`) picks ``vnni`` / ``i16`` / ``portable``.  A path whose instructions the CPU lacks
+    runs with the portable LLVM twins of the instructions (``simd.GENERIC``), so every path can be tested
+    anywhere.  Invalid codes, bad attributes or a bound the planes cannot prove go to :func:`attn_v_shift`
+    (which raises the reference's errors).
+
+    Args:
+        c: uint8 ``[G, M, N]`` codes (G = batch x heads, or windows x heads).
+        v: uint8 ``[G, N, D]``.
+        v_zp: zero point of ``v``.
+        bits: b (2..8).
+        shift_frac: F.
+        sqrt2_frac_bits: Q (1..30).
+        rounding: rounding mode.
+        path: force a path.
+        out_dtype: int64 (the reference's), or int32 -- the executor's storage of the declared int32
+            output -- which the kernel then writes directly when ``N * V * 2^F + 1 <= 2^31 - 1`` proves
+            that every result fits (the doc's bound on ``|out|``); otherwise it narrows with a check.
+        impl: ``"generic"`` runs the path with the portable LLVM twins of its instructions even where the
+            CPU has them (tests); None: native where the CPU has the instructions.
+
+    Returns:
+        ``[G, M, D]`` of ``out_dtype``.
+    """
+    from .gemm_vnni import _tag
+
+    op = "attn_v_shift"
+    plain = (c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, rounding)
+    try:
+        mid = mode_id(rounding)
+        ca, va, zp, z, f, q, r = _check_static(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, op)
+    except (ValueError, OverflowError, TypeError):
+        return attn_v_shift(*plain)
+    p = attn_v_path(path)
+    nb, m, n = ca.shape
+    d = va.shape[2]
+    if p == "vnni" and n * (1 << 14) > _I32_MAX:  # |plane . (v - 128)| <= N * 2^7 * 2^7
+        p = "portable"
+    if p == "i16" and n * (1 << 21) > _I32_MAX:  # |plane . (v - 128)| <= N * 2^14 * 2^7
+        p = "portable"
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.dtype(np.int64), np.dtype(np.int32)):
+        raise ValueError(f"{op}: out_dtype must be int64 or int32, got {out_dtype}")
+    vmax = max(abs(zp), abs(255 - zp))
+    if out_dtype == np.int32 and n * vmax * (1 << f) + 1 > _I32_MAX:  # not provably in int32: narrow
+        return _narrow32(attn_v_shift_fast(c, v, v_zp, bits, shift_frac, sqrt2_frac_bits, rounding, path,
+                                           impl=impl), op)
+    if p == "portable" or nb * m * n * d == 0:
+        y = attn_v_shift(*plain)
+        return y if out_dtype == np.int64 else y.astype(np.int32)  # bound proved above
+    out = np.empty((nb, m, d), dtype=out_dtype)
+    half_q = (1 << (q - 1)) if q > 0 else 1
+    ca, va = np.ascontiguousarray(ca), np.ascontiguousarray(va)
+    if p == "vnni":
+        cm, bpar, bshl, tbls = _vnni_tables(f, z)
+        st = np.zeros((nb, 128), dtype=np.uint8)
+        ptag = simd.NATIVE if simd.has_vbmi() and impl != "generic" else simd.GENERIC
+        _av_vnni(simd.GENERIC if impl == "generic" else _tag(p), ptag, ca, va, z, len(bpar), bpar, bshl, tbls, zp, r, q, half_q, mid, out, st)
+        if int(st[:, :64].max()) > z or int(st[:, 64:].max()) > cm:
+            y = attn_v_shift(*plain)  # a code above Z, one that would be truncated, or one above the tables
+            return y.astype(out_dtype)  # (int32: bound proved above)
+        return out
+    cm, bpar, bshl, tbls = _i16_tables(f, z)
+    st = np.zeros((nb, 2), dtype=np.int64)
+    _av_i16(simd.GENERIC if impl == "generic" else _tag(p), ca, va, z, len(bpar), bpar, bshl, tbls, zp, r, q,
+            half_q, mid, out, st)
+    if int(st[:, 0].max()) > z or int(st[:, 1].max()) > cm:
+        return attn_v_shift(*plain).astype(out_dtype)  # raises the reference's error
+    return out
+
+
+def _narrow32(y: np.ndarray, op: str) -> np.ndarray:
+    if y.size and (int(y.min()) < -(1 << 31) or int(y.max()) > _I32_MAX):
+        raise OverflowError(f"{op}: result [{int(y.min())}, {int(y.max())}] outside int32")
+    return y.astype(np.int32)

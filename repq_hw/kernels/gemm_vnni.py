@@ -755,38 +755,98 @@ def _bmm_portable(a, za, b, zb, out):
             _row_portable(a16, kp, r, b16, cst, o, nn)
 
 
-@njit(cache=True, parallel=True)
-def _bmm_vnni(tag, a, za, b, zb, off, out):
-    nb, m, k = a.shape
+@njit(cache=True)
+def _pack_s8_panels32(b, i, off, kqn, b8, bp):
+    """b[i] uint8 [N, K] -> bp int8 (panel of 32 rows, k/4, 32, 4) of b - off, moving 4-byte groups (b8: a
+    [N, 4*kqn] uint8 scratch holding b - off, zero padded; bp is zeroed where no row or k reaches)."""
+    nn, k = b.shape[1], b.shape[2]
+    kp = 4 * kqn
+    for c in range(nn):
+        row = b[i, c]
+        o = c * kp
+        for kk in range(k):
+            b8[o + kk] = np.uint8((np.int32(row[kk]) - np.int32(off)) & 255)
+        for kk in range(k, kp):
+            b8[o + kk] = 0
+    s32 = b8.view(np.uint32)
+    d32 = bp.view(np.uint32)
+    if nn % 32:
+        d32[:] = 0
+    for c in range(nn):
+        p = c >> 5
+        j = c & 31
+        for kq in range(kqn):
+            d32[(p * kqn + kq) * 32 + j] = s32[c * kqn + kq]
+
+
+@njit(cache=True)
+def bmm_vnni_prep(a, i, za, b, zb, off):
+    """Batch i of q.k^T on the vnni path, packed once: (a8 uint8 rows with K padded to 4, kp, row sums,
+    bp int8 panels of b - off, per-column constants, per-column row-sum factors e = off - zb)."""
+    m, k = a.shape[1], a.shape[2]
     nn = b.shape[1]
     kqn = (k + 3) // 4
     kp = 4 * kqn
     npan = (nn + 31) // 32
     e = np.int32(off - zb)
-    for i in prange(nb):
+    if kp == k:
+        a8 = a[i].reshape(-1)
+    else:
         a8 = np.zeros(m * kp, dtype=np.uint8)
-        rowsum = np.zeros(m, dtype=np.int32)
         for r in range(m):
-            s = np.int32(0)
             for kk in range(k):
                 a8[r * kp + kk] = a[i, r, kk]
-                s += np.int32(a[i, r, kk])
-            rowsum[r] = s
-        bp = np.empty(npan * kqn * 128, dtype=np.int8)
-        _pack_s8_rows(b[i], off, bp, 32, kqn)
-        cst = np.zeros(npan * 32, dtype=np.int32)
-        ev = np.zeros(npan * 32, dtype=np.int32)
-        for c in range(nn):
-            s = np.int32(0)
-            for kk in range(k):
-                s += np.int32(b[i, c, kk]) - np.int32(off)
-            # const = -za*colsum(b - off) - K*za*e  (gemm_pack's identity with bias 0)
-            cst[c] = np.int32(-za * s - k * za * e)
-            ev[c] = e
+    rowsum = np.zeros(m, dtype=np.int32)
+    for r in range(m):
+        s = np.int32(0)
+        for kk in range(kp):
+            s += np.int32(a8[r * kp + kk])
+        rowsum[r] = s
+    bp = np.empty(npan * kqn * 128, dtype=np.int8)
+    b8 = np.empty(nn * kp, dtype=np.uint8)
+    _pack_s8_panels32(b, i, off, kqn, b8, bp)
+    cst = np.zeros(npan * 32, dtype=np.int32)
+    ev = np.zeros(npan * 32, dtype=np.int32)
+    for c in range(nn):
+        s = np.int32(0)
+        for kk in range(k):
+            s += np.int32(b[i, c, kk])
+        s -= np.int32(k) * np.int32(off)
+        # const = -za*colsum(b - off) - K*za*e  (gemm_pack's identity with bias 0)
+        cst[c] = np.int32(-za * s - k * za * e)
+        ev[c] = e
+    return a8, kp, rowsum, bp, cst, ev
+
+
+@njit(cache=True)
+def bmm_vnni_rows(tag, a8, kp, r0, rows, rowsum, bp, cst, ev, use_rs, nn, out):
+    """Rows r0 .. r0+rows-1 (rows <= 8) of one batch's q.k^T into out [rows, nn] (int32, 1-D)."""
+    kqn = kp // 4
+    a_blk = a8[r0 * kp:]
+    rs_blk = rowsum[r0:]
+    for p in range((nn + 31) // 32):
+        _tile_vnni(tag, a_blk, kp, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, out, nn, nn)
+
+
+@njit(cache=True, parallel=True)
+def _bmm_vnni(tag, a, za, b, zb, off, out):
+    nb, m = a.shape[0], a.shape[1]
+    nn = b.shape[1]
+    for i in prange(nb):
+        a8, kp, rowsum, bp, cst, ev = bmm_vnni_prep(a, i, za, b, zb, off)
         o = out[i].reshape(-1)
-        for p in range(npan):
-            for r0 in range(0, m, 8):
-                _tile_vnni(tag, a8, kp, r0, m, bp, p * kqn * 128, kqn, cst, ev, rowsum, e != 0, p * 32, o, nn, nn)
+        for r0 in range(0, m, 8):
+            bmm_vnni_rows(tag, a8, kp, r0, min(8, m - r0), rowsum, bp, cst, ev, off != zb, nn, o[r0 * nn:])
+
+
+def bmm_vnni_offset(k: int, za: int, zb: int) -> int | None:
+    """The int8 offset of b on the vnni path (b - off must fit int8 for codes 0..255), or None when the
+    int32 accumulation cannot be proved exact (then the caller uses ``gemm.bmm_zp``)."""
+    off = zb if -128 <= 0 - zb and 255 - zb <= 127 else 128
+    e = off - zb
+    # |dot| <= K*255*128, |e*rowsum| <= |e|*K*255, |const| <= |za|*K*128 + K*|za*e|
+    bound = k * 255 * 128 + abs(e) * k * 255 + abs(za) * k * 128 + k * abs(za * e)
+    return off if bound <= I32_MAX else None
 
 
 def bmm_zp_fast(a: np.ndarray, a_zp: int, b: np.ndarray, b_zp: int, path: str | None = None) -> np.ndarray:
@@ -808,11 +868,8 @@ def bmm_zp_fast(a: np.ndarray, a_zp: int, b: np.ndarray, b_zp: int, path: str | 
     if p == "u8s8":
         p = "i16"
     if p == "vnni":
-        off = zb if -128 <= 0 - zb and 255 - zb <= 127 else 128  # b - off must fit int8 for codes 0..255
-        e = off - zb
-        # |dot| <= K*255*128, |e*rowsum| <= |e|*K*255, |const| <= |za|*K*128 + K*|za*e|
-        bound = k * 255 * 128 + abs(e) * k * 255 + abs(za) * k * 128 + k * abs(za * e)
-        if bound <= I32_MAX:
+        off = bmm_vnni_offset(k, za, zb)
+        if off is not None:
             _bmm_vnni(_tag("vnni"), np.ascontiguousarray(a), za, np.ascontiguousarray(b), zb, off, out)
             return out
         return _gemm.bmm_zp(a, a_zp, b, b_zp)

@@ -25,16 +25,27 @@ from numba import njit, prange
 from .isqrt import isqrt_ref, isqrt_scalar
 from .rounding import (
     INT64_MAX,
+    RequantConsts,
     _cast_out,
     _check_requant_attrs,
+    floor_div_recip,
     mode_id,
     requant_scalar,
     requantize_ref,
     round_div,
+    round_div_fix,
     round_div_ref,
+    rounding_rshift_bf,
 )
 
-__all__ = ["MAX_FRAC_BITS", "layernorm", "layernorm_ref", "layernorm_requant", "layernorm_requant_ref"]
+__all__ = [
+    "MAX_FRAC_BITS",
+    "layernorm",
+    "layernorm_ref",
+    "layernorm_requant",
+    "layernorm_requant_fast",
+    "layernorm_requant_ref",
+]
 
 MAX_FRAC_BITS = 30
 _I32_MIN = -(1 << 31)
@@ -304,3 +315,71 @@ def layernorm_requant(
     _layernorm_requant_rows(np.ascontiguousarray(a), eps, f, mult, lim, sh, off, zp, lo, hi, mid, out, bad)
     _raise_ln(bad, op)
     return _cast_out(out, out_dtype, lo, hi, "requantize")
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel (the executor's prepared plan, ``repq_hw.emu.fast``)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _isqrt(n):
+    """floor(sqrt(n)) for 0 <= n < 2^62: float estimate, then exact integer correction."""
+    r = np.int64(np.sqrt(np.float64(n)))
+    while r * r > n:
+        r -= 1
+    while (r + 1) * (r + 1) <= n:
+        r += 1
+    return r
+
+
+@njit(cache=True, parallel=True)
+def _ln_rows(x, eps, f, mult, sh, half, off, zp, lo, hi, mode, out, bad):
+    t, c = x.shape
+    cc = np.int64(c)
+    for i in prange(t):
+        s = np.int64(0)
+        q = np.int64(0)
+        for j in range(c):
+            v = np.int64(x[i, j])
+            s += v
+            q += v * v
+        tot = cc * q - s * s + eps
+        if tot >= (np.int64(1) << 62):
+            bad[i] = 1
+            continue
+        sigma = _isqrt(tot)
+        if sigma == 0:
+            for j in range(c):  # norm = 0
+                y = rounding_rshift_bf(off[j], sh[j], half[j], mode)
+                out[i, j] = min(max(y, lo), hi) + zp
+            continue
+        inv = 1.0 / np.float64(sigma)
+        for j in range(c):
+            num = (cc * np.int64(x[i, j]) - s) << f  # |.| < 2^32 * 2^F <= 2^52 (wrapper: F <= 20)
+            qq, r = floor_div_recip(num, sigma, inv)
+            nrm = round_div_fix(num, sigma, qq, r, mode)
+            if nrm < -(np.int64(1) << 31) or nrm > (np.int64(1) << 31) - 1:
+                bad[i] = 1
+            v = nrm * mult[j] + off[j]  # |norm| < 2^31 (else flagged), |M| < 2^31, |off| < 2^62
+            y = rounding_rshift_bf(v, sh[j], half[j], mode)
+            out[i, j] = min(max(y, lo), hi) + zp
+
+
+def layernorm_requant_fast(x: np.ndarray, eps_q: int, frac_bits: int, rc: RequantConsts, out_dtype
+                           ) -> np.ndarray | None:
+    """``layernorm_requant_ref`` for int8/16/32 ``x [T, C]`` with ``C*max|x| < 2^31``, ``frac_bits <= 20``;
+    None otherwise, or when a row fails a headroom test (the caller's fallback raises the reference's error).
+    """
+    if x.ndim != 2 or x.dtype.kind != "i" or x.dtype.itemsize > 4 or not 0 <= frac_bits <= 20:
+        return None
+    t, c = x.shape
+    if c == 0 or c != rc.c or not 0 <= int(eps_q) < _LIM62:
+        return None
+    xmax = max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0))))
+    if c * xmax >= (1 << 31):
+        return None
+    out = np.empty((t, c), dtype=out_dtype)
+    bad = np.zeros(t, dtype=np.uint8)
+    _ln_rows(np.ascontiguousarray(x), int(eps_q), int(frac_bits), rc.mult, rc.sh, rc.half, rc.off, rc.zp, rc.lo,
+             rc.hi, rc.mode, out, bad)
+    return None if bad.any() else out

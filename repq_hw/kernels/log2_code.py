@@ -20,7 +20,16 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["MAX_BITS", "MIN_BITS", "log2_code", "log2_code_ref", "log2_thresholds", "zero_state"]
+__all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
+    "log2_code",
+    "log2_code_ref",
+    "log2_code_table",
+    "log2_thresholds",
+    "table_lookup",
+    "zero_state",
+]
 
 MIN_BITS = 2
 MAX_BITS = 8
@@ -150,3 +159,35 @@ def log2_code(p: object, thresholds: object, bits: int) -> np.ndarray:
     out = np.empty(flat.shape[0], dtype=np.uint8)
     _log2_code_flat(flat, t, z, out)
     return out.reshape(a.shape)
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel (the executor's prepared plan, ``repq_hw.emu.fast``)
+# ---------------------------------------------------------------------------------------------
+
+
+def log2_code_table(thresholds: np.ndarray, bits: int, in_bits: int) -> np.ndarray | None:
+    """Every possible log2 code of an input of ``in_bits`` unsigned bits, from ``log2_code_ref`` itself
+    (so a lookup is the reference by exhaustion); None when the table would exceed 2^20 entries."""
+    if in_bits > 20:
+        return None
+    return log2_code_ref(np.arange(1 << in_bits, dtype=np.int64), thresholds, bits)
+
+
+@njit(cache=True)  # memory-bound: serial (no fork/join cost)
+def _lookup_u(x, table, out, bad):
+    n = table.shape[0]
+    for i in range(x.shape[0]):
+        v = np.int64(x[i])
+        ok = (v >= 0) & (v < n)
+        out[i] = table[v if ok else 0]
+        if not ok:
+            bad[0] = 1
+
+
+def table_lookup(x: np.ndarray, table: np.ndarray, out_dtype=None) -> np.ndarray | None:
+    """``table[x]`` for 0 <= x < len(table); None if some x is outside (caller falls back)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape[0], dtype=out_dtype or table.dtype)
+    bad = np.zeros(1, dtype=np.uint8)
+    _lookup_u(flat, table.astype(out.dtype, copy=False), out, bad)
+    return None if bad[0] else out.reshape(x.shape)

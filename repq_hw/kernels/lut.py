@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["lut_lookup", "lut_lookup_ref"]
+from .rounding import PARALLEL_MIN_ELEMENTS
+
+__all__ = ["lookup_fast", "lut_lookup", "lut_lookup_ref"]
 
 
 def _check(x: object, table: object, in_min: int, op: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -86,3 +88,51 @@ def lut_lookup(x: object, table: np.ndarray, in_min: int) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{op}: input {int(flat[i])} outside table range [{lo}, {lo + t.shape[0] - 1}]")
     return out.astype(t.dtype).reshape(a.shape)
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel (the executor's prepared plan, ``repq_hw.emu.fast``)
+# ---------------------------------------------------------------------------------------------
+
+
+def lookup_fast(x: np.ndarray, table: np.ndarray, in_min: int, out_dtype) -> np.ndarray | None:
+    """``lut_lookup_ref(x, table, in_min).astype(out_dtype)`` when the table fits out_dtype; None if an input
+    is outside the table (the caller's fallback raises the reference's error) or the table does not fit."""
+    info = np.iinfo(out_dtype)
+    t = np.asarray(table)
+    if t.size == 0 or int(t.min()) < info.min or int(t.max()) > info.max or x.dtype.itemsize > 4 or x.dtype == np.uint32:
+        return None
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape[0], dtype=out_dtype)
+    bad = np.zeros(1, dtype=np.uint8)
+    kernel = _lookup_off_parallel if flat.shape[0] >= PARALLEL_MIN_ELEMENTS else _lookup_off
+    kernel(flat, t.astype(out_dtype), int(in_min), out, bad)
+    return None if bad[0] else out.reshape(x.shape)
+
+
+@njit(cache=True)
+def _lookup_off_range(x, table, lo, out, a, b):
+    """out[i] = table[x[i] - lo] for i in [a, b); returns 1 if some index fell outside the table."""
+    n = table.shape[0]
+    bad = 0
+    for i in range(a, b):
+        v = np.int64(x[i]) - lo
+        ok = (v >= 0) & (v < n)
+        out[i] = table[v if ok else 0]
+        bad |= np.int64(not ok)
+    return bad
+
+
+@njit(cache=True)
+def _lookup_off(x, table, lo, out, bad):
+    bad[0] = _lookup_off_range(x, table, lo, out, 0, x.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def _lookup_off_parallel(x, table, lo, out, bad):
+    n = x.shape[0]
+    step = PARALLEL_MIN_ELEMENTS // 2
+    nch = (n + step - 1) // step
+    flags = np.empty(nch, np.int64)
+    for t in prange(nch):
+        flags[t] = _lookup_off_range(x, table, lo, out, t * step, min(n, (t + 1) * step))
+    bad[0] = flags.max()

@@ -373,6 +373,54 @@ def rounding_rshift(x: int, shift: int, mode_id: int) -> int:
     return q
 
 
+@njit(cache=True, inline="always")
+def rshift_half(s):
+    """2^(s-1) for s >= 1; 1 for s == 0 (then the remainder is 0 < half, so nothing rounds up).  The
+    ``half`` argument of :func:`rounding_rshift_bf`."""
+    return (np.int64(1) << max(s - 1, 0)) if s > 0 else np.int64(1)
+
+
+@njit(cache=True, inline="always")
+def rounding_rshift_bf(x, s, half, mode):
+    """Branch-free :func:`rounding_rshift` (bit-identical) for int64 x, s in [0, 62], ``half = rshift_half(s)``.
+
+    q = floor(x / 2^s), r = x - q*2^s in [0, 2^s); rounds up iff r > half, or r == half and the tie goes
+    up: half_up always, half_even iff q is odd, half_away iff x >= 0; floor never."""
+    q = x >> s
+    r = x - (q << s)
+    tie = (mode == 0) | ((mode == 1) & ((q & 1) == 1)) | ((mode == 2) & (x >= 0))
+    up = ((r > half) | ((r == half) & tie)) & (mode != 3)
+    return q + np.int64(up)
+
+
+@njit(cache=True, inline="always")
+def floor_div_recip(num, den, inv):
+    """(floor(num / den), num mod den) for int64 num with |num| < 2^53 and den >= 1, inv = 1.0 / den.
+
+    float64(num) is exact; inv and the product are each correctly rounded, so the estimate differs from
+    num/den by at most |num/den| * 2^-51.9 < 1 whenever |num/den| < 2^51 (always: |num| < 2^53, den >= 1
+    gives |num/den| < 2^53 -- callers keep |num/den| < 2^40), hence floor(estimate) is q-1, q or q+1 and
+    one correction step of the remainder into [0, den) makes it exact."""
+    q = np.int64(np.floor(np.float64(num) * inv))
+    r = num - q * den
+    lo = r < 0
+    q -= np.int64(lo)
+    r += den * np.int64(lo)
+    hi = r >= den
+    q += np.int64(hi)
+    r -= den * np.int64(hi)
+    return q, r
+
+
+@njit(cache=True, inline="always")
+def round_div_fix(num, den, q, r, mode):
+    """Apply the rounding of ``round_div(num, den, mode)`` to the floor quotient q and remainder r."""
+    rest = den - r
+    tie = (mode == 0) | ((mode == 1) & ((q & 1) == 1)) | ((mode == 2) & (num >= 0))
+    up = ((r > rest) | ((r == rest) & tie)) & (mode != 3) & (r != 0)
+    return q + np.int64(up)
+
+
 @njit(cache=True)
 def round_div(num: int, den: int, mode_id: int) -> int:
     """Numba scalar rounding division for ``den > 0`` (bit-identical to :func:`round_div_ref`).
@@ -602,3 +650,99 @@ def requantize(
         )
     out = _cast_out(out.reshape(shape), out_dtype, lo, hi, op)
     return out.reshape(()) if scalar else out
+
+# ---------------------------------------------------------------------------------------------
+# Fast requantize kernel (the executor's prepared plan, ``repq_hw.emu.fast``)
+# ---------------------------------------------------------------------------------------------
+
+_I32_MIN = -(1 << 31)
+_I32_MAX = (1 << 31) - 1
+_LIM62 = 1 << 62
+_LIM61 = 1 << 61
+
+@njit(cache=True, inline="always")
+def _rshift_add(v, s, h, sm, e1, e2):
+    """``rounding_rshift(v, s, mode)`` as one add and one shift, for |v| < 2^62 + 2^61 (so v + h, with
+    h = 2^(s-1) <= 2^61, cannot overflow): h = 2^(s-1) (0 if s == 0 or mode is floor), sm = (s > 0),
+    e1 = (mode == half_even), e2 = (mode == half_away).
+
+    half_up:   floor((v + h) / 2^s)                      ties up
+    half_even: floor((v + h - 1 + (q & 1)) / 2^s)        q = floor(v / 2^s); a tie goes up iff q is odd
+    half_away: floor((v + h - (v < 0)) / 2^s)            a negative tie stays at q (away from zero)
+    floor:     floor(v / 2^s)                            (h = 0)
+    Non-ties are unaffected by the -1 adjustments because the remainder is an integer."""
+    q = v >> s
+    d = e1 * (sm - (q & sm)) + e2 * (sm & np.int64(v < 0))
+    return (v + h - d) >> s
+
+
+@njit(cache=True)
+def _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    for j in range(acc.shape[1]):
+        v = np.int64(acc[i, j]) * mult[j] + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
+        y = _rshift_add(v, sh[j], h[j], sm[j], e1, e2)
+        out[i, j] = min(max(y, lo), hi) + zp
+
+
+@njit(cache=True)
+def _requant_rows(acc, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    for i in range(acc.shape[0]):
+        _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out)
+
+
+@njit(cache=True, parallel=True)
+def _requant_rows_parallel(acc, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    for i in prange(acc.shape[0]):
+        _requant_row(acc, i, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out)
+
+
+PARALLEL_MIN_ELEMENTS = 1 << 16
+"""Element-wise kernels split rows over threads from this size on (below it the fork/join costs more)."""
+
+
+class RequantConsts:
+    """Per-node constants of a requantization, checked once: None from :meth:`make` when the fast kernel
+    cannot prove the absence of int64 overflow (the caller then uses the ordinary kernel)."""
+
+    __slots__ = ("c", "e1", "e2", "h", "half", "hi", "lo", "mode", "mult", "off", "sh", "sm", "zp")
+
+    @staticmethod
+    def make(c: int, multiplier, shift, offset, zero_point: int, out_min: int, out_max: int, rounding):
+        def vec(v):
+            a = np.asarray(v)
+            if a.dtype.kind not in "iu":
+                return None
+            a = a.astype(np.int64)
+            if a.ndim == 0 or a.shape == (1,):
+                a = np.full(c, int(a.reshape(-1)[0]), dtype=np.int64)
+            return a if a.shape == (c,) else None
+
+        mult, sh, off = vec(multiplier), vec(shift), vec(offset)
+        if mult is None or sh is None or off is None:
+            return None
+        if c and (np.abs(mult).max() >= (1 << 31) or sh.min() < 0 or sh.max() > 62
+                  or np.abs(off).max() >= _LIM61):
+            return None
+        zp, lo, hi = int(zero_point), int(out_min), int(out_max)
+        if not (_I32_MIN <= zp <= _I32_MAX and _I32_MIN <= lo <= hi <= _I32_MAX):
+            return None
+        self = RequantConsts()
+        self.c, self.mult, self.sh, self.off = c, mult, sh, off
+        self.half = np.where(sh > 0, np.left_shift(1, np.maximum(sh - 1, 0)), 1).astype(np.int64)
+        self.zp, self.lo, self.hi = zp, lo - zp, hi - zp
+        self.mode = mode_id(rounding)
+        self.sm = (sh > 0).astype(np.int64)
+        self.h = np.where(self.mode == 3, 0, np.where(sh > 0, self.half, 0)).astype(np.int64)
+        self.e1, self.e2 = int(self.mode == 1), int(self.mode == 2)
+        return self
+
+
+def requant_fast(acc: np.ndarray, rc: RequantConsts, out_dtype) -> np.ndarray | None:
+    """``requantize_ref(acc, ...)`` for ``|acc| <= 2^31`` (int8/16/32 or uint8/16 storage); None otherwise."""
+    if acc.dtype.kind not in "iu" or acc.dtype.itemsize > 4 or acc.dtype == np.uint32 or acc.shape[-1] != rc.c:
+        return None
+    a2 = np.ascontiguousarray(acc).reshape(-1, rc.c)
+    out = np.empty(a2.shape, dtype=out_dtype)
+    kernel = _requant_rows_parallel if a2.size >= PARALLEL_MIN_ELEMENTS else _requant_rows
+    kernel(a2, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2, out)
+    return out.reshape(acc.shape)

@@ -41,6 +41,7 @@ __all__ = [
     "Impl",
     "cpu_features",
     "has_avx2",
+    "has_vbmi",
     "has_vnni512",
     "v8",
     "v16",
@@ -414,6 +415,129 @@ def widen16(typingctx, tag, s):
         return builder.add(_lanes(builder, p, 0, 2, n), _lanes(builder, p, 1, 2, n))
 
     return vec(tag, s), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte lanes of a 512-bit vector (the attn x V weight planes: kernels/attn_v_shift.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def has_vbmi() -> bool:
+    """AVX-512 VBMI (``vpermb``) on top of AVX-512 BW."""
+    return {"avx512f", "avx512bw", "avx512vbmi"} <= cpu_features()
+
+
+@intrinsic
+def permb(typingctx, tag, tbl, idx):
+    """``vpermb``: byte i = tbl8[idx8[i] & 63] (a 64-entry byte table lookup; AVX-512 VBMI)."""
+    impl = _impl_name(tag)
+    vec = _vec_of(tbl)
+    if vec.lanes != 16:
+        raise TypeError("permb: 512-bit vectors only")
+
+    def codegen(context, builder, sig, args):
+        t = builder.bitcast(args[1], _vt(64, 8))
+        x = builder.bitcast(args[2], _vt(64, 8))
+        if impl == "native":
+            r = _call_intrinsic(builder, "llvm.x86.avx512.permvar.qi.512", _vt(64, 8), [t, x])
+            return builder.bitcast(r, _vt(16))
+        r = ir.Constant(_vt(64, 8), None)
+        m63 = ir.Constant(_I8, 63)
+        for i in range(64):
+            k = builder.and_(builder.extract_element(x, ir.Constant(_I32, i)), m63)
+            r = builder.insert_element(r, builder.extract_element(t, builder.zext(k, _I32)), ir.Constant(_I32, i))
+        return builder.bitcast(r, _vt(16))
+
+    return vec(tag, tbl, idx), codegen
+
+
+@intrinsic
+def sad_u8(typingctx, tag, v):
+    """``vpsadbw`` against zero: 64-bit lane i = the sum of bytes 8i .. 8i+7 (unsigned), returned as a
+    512-bit vector (each sum < 2^11 sits in the low 32-bit half of its lane, the high half is 0, so such
+    vectors can be summed with :func:`add32` and totalled with :func:`hsum32`)."""
+    impl = _impl_name(tag)
+    vec = _vec_of(v)
+    if vec.lanes != 16:
+        raise TypeError("sad_u8: 512-bit vectors only")
+
+    def codegen(context, builder, sig, args):
+        x = builder.bitcast(args[1], _vt(64, 8))
+        i64 = ir.IntType(64)
+        if impl == "native":
+            z = ir.Constant(_vt(64, 8), [0] * 64)
+            p = _call_intrinsic(builder, "llvm.x86.avx512.psad.bw.512", ir.VectorType(i64, 8), [x, z])
+            return builder.bitcast(p, _vt(16))
+        w = builder.zext(x, ir.VectorType(i64, 64))
+        r = ir.Constant(ir.VectorType(i64, 8), None)
+        for i in range(8):
+            t = builder.extract_element(w, ir.Constant(_I32, 8 * i))
+            for k in range(1, 8):
+                t = builder.add(t, builder.extract_element(w, ir.Constant(_I32, 8 * i + k)))
+            r = builder.insert_element(r, t, ir.Constant(_I32, i))
+        return builder.bitcast(r, _vt(16))
+
+    return vec(tag, v), codegen
+
+
+@intrinsic
+def hsum32(typingctx, v):
+    """The wrapping int32 sum of all lanes, as int32 (plain LLVM IR)."""
+    _vec_of(v)
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].lanes
+        return _call_intrinsic(builder, f"llvm.vector.reduce.add.v{n}i32", _I32, [args[0]])
+
+    return types.int32(v), codegen
+
+
+@intrinsic
+def keep_first_u8(typingctx, v, count, fill):
+    """Bytes ``i < count`` of ``v`` kept, the others replaced by the byte ``fill`` (plain LLVM IR)."""
+    _vec_of(v)
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].lanes * 4
+        x = builder.bitcast(args[0], _vt(n, 8))
+        cnt = builder.trunc(args[1], _I32) if args[1].type.width > 32 else builder.sext(args[1], _I32) \
+            if args[1].type.width < 32 else args[1]
+        fb = builder.trunc(args[2], _I8) if args[2].type.width > 8 else args[2]
+        lanes = ir.Constant(_vt(n), list(range(n)))
+        keep = builder.icmp_signed("<", lanes, _splat(builder, cnt, n))
+        r = builder.select(keep, x, _splat(builder, fb, n))
+        return builder.bitcast(r, _vt(n // 4))
+
+    return v(v, count, fill), codegen
+
+
+@intrinsic
+def max_u8(typingctx, a, b):
+    """Byte-wise unsigned maximum (``vpmaxub``; plain LLVM IR, any CPU)."""
+    _vec_of(a)
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].lanes * 4
+        x = builder.bitcast(args[0], _vt(n, 8))
+        y = builder.bitcast(args[1], _vt(n, 8))
+        return builder.bitcast(builder.select(builder.icmp_unsigned(">", x, y), x, y), _vt(n // 4))
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def zero_where_u8(typingctx, a, z):
+    """Bytes of ``a`` equal to the byte ``z`` set to 0, the others kept (plain LLVM IR, any CPU)."""
+    _vec_of(a)
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].lanes * 4
+        x = builder.bitcast(args[0], _vt(n, 8))
+        zb = _splat(builder, builder.trunc(args[1], _I8) if args[1].type.width > 8 else args[1], n)
+        r = builder.select(builder.icmp_unsigned("==", x, zb), ir.Constant(_vt(n, 8), [0] * n), x)
+        return builder.bitcast(r, _vt(n // 4))
+
+    return a(a, z), codegen
 
 
 # ---------------------------------------------------------------------------------------------

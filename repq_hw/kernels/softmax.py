@@ -22,7 +22,18 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .rounding import check_shift, mode_id, round_div, round_div_ref, rounding_rshift, rounding_rshift_ref
+from .rounding import (
+    check_shift,
+    floor_div_recip,
+    mode_id,
+    round_div,
+    round_div_fix,
+    round_div_ref,
+    rounding_rshift,
+    rounding_rshift_bf,
+    rounding_rshift_ref,
+    rshift_half,
+)
 
 __all__ = [
     "MAX_LUT_BITS",
@@ -30,6 +41,9 @@ __all__ = [
     "MAX_OUT_BITS",
     "exp2_lut",
     "softmax",
+    "softmax_fast",
+    "softmax_fast_consts",
+    "softmax_fast_row",
     "softmax_ref",
 ]
 
@@ -224,3 +238,74 @@ def softmax(
     out = np.empty(a2.shape, dtype=np.uint32)
     _softmax_rows(a2, m, s, f, p, lut, mid, out)
     return out.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel (the executor's prepared plan): branch-free rows, division by a reciprocal multiply
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def softmax_fast_row(x, i, m, s, half_s, f, p, lut, mode, row):
+    """Row i of :func:`softmax_ref` into ``row`` (uint32 [n]): the same integer steps, with the rounding
+    shifts branch-free (``rounding_rshift_bf``) and the final ``round_div`` as a float64 reciprocal
+    multiply plus a one-step exact fix-up (``floor_div_recip``; exact while ``e * 2^P < 2^52``, which
+    :func:`softmax_fast_consts` checks)."""
+    n = x.shape[1]
+    mask = (np.int64(1) << f) - 1
+    mx = np.int64(x[i, 0])
+    for j in range(1, n):
+        mx = max(mx, np.int64(x[i, j]))
+    tot = np.int64(0)
+    for j in range(n):
+        t = rounding_rshift_bf((np.int64(x[i, j]) - mx) * m, s, half_s, mode)  # (x-mx)*M: |.| < 2^63 (ref)
+        u = -t
+        nsh = min(u >> f, 62)
+        e = rounding_rshift_bf(lut[u & mask], nsh, rshift_half(nsh), mode)  # in [0, 2^E], E <= 30
+        row[j] = np.uint32(e)
+        tot += e
+    inv = 1.0 / np.float64(tot)
+    for j in range(n):
+        num = np.int64(row[j]) << p  # < 2^(E+P) <= 2^52 (wrapper), tot in [2^E, n*2^E]
+        q, r = floor_div_recip(num, tot, inv)
+        row[j] = np.uint32(round_div_fix(num, tot, q, r, mode))
+
+
+@njit(cache=True, parallel=True)
+def _softmax_fast_rows(x, m, s, half_s, f, p, lut, mode, out):
+    rows, n = x.shape
+    chunk = 64
+    for c in prange((rows + chunk - 1) // chunk):
+        row = np.empty(n, np.uint32)  # a private row: LLVM vectorizes the row loops (no alias with x)
+        for i in range(c * chunk, min(rows, (c + 1) * chunk)):
+            softmax_fast_row(x, i, m, s, half_s, f, p, lut, mode, row)
+            out[i] = row
+
+
+def softmax_fast_consts(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int,
+                        out_bits: int, rounding) -> tuple | None:
+    """The checked constants ``(m, s, half_s, f, p, lut, mode)`` of :func:`softmax_fast_row` for int32 ``x``,
+    or None when the fast kernel's preconditions fail (the caller runs :func:`softmax`)."""
+    if x.dtype != np.int32 or lut_bits + out_bits > 52:
+        return None
+    mode = mode_id(rounding)
+    try:
+        _, m, s, f, e, p = _check_attrs(x[..., :1] if x.ndim else x, multiplier, shift, frac_bits, lut_bits,
+                                        out_bits, "softmax")
+    except (ValueError, OverflowError):
+        return None
+    if x.ndim == 0 or x.shape[-1] == 0 or x.shape[-1] * (1 << e) >= (1 << 52):
+        return None
+    return m, s, (1 << (s - 1)) if s > 0 else 1, f, p, exp2_lut(f, e), mode
+
+
+def softmax_fast(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int, out_bits: int,
+                 rounding) -> np.ndarray | None:
+    """``softmax_ref`` (bit-identical) for int32 ``x`` when ``lut_bits + out_bits <= 52``; None otherwise."""
+    k = softmax_fast_consts(x, multiplier, shift, frac_bits, lut_bits, out_bits, rounding)
+    if k is None:
+        return None
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    out = np.empty(x2.shape, dtype=np.uint32)
+    _softmax_fast_rows(x2, *k, out)
+    return out.reshape(x.shape)

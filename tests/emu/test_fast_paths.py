@@ -1,4 +1,4 @@
-"""The fast backend's prepared plan (emu/fast.py, kernels/fast_ops.py, kernels/gemm_vnni.py) equals the
+"""The fast backend's prepared plan (emu/fast.py; each op's fast kernel in kernels/<op>.py, kernels/fused.py, kernels/gemm_vnni.py) equals the
 numpy reference on every tensor, with the fast paths on, forced onto each GEMM path, and switched off."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from repq_hw.emu import fast
 from repq_hw.emu.execute import run_graph
 from repq_hw.fidelity import input_codes
+from repq_hw.ir.ops import Op
 from repq_hw.kernels import fast_ops as F
 from repq_hw.kernels import gemm_vnni as G
 from repq_hw.kernels.attn_v_shift import attn_v_shift_ref
@@ -233,3 +234,120 @@ def test_default_run_uses_the_cpus_own_gemm_path():
         assert paths == {"vnni"}
     elif "avx2" in flags:
         assert paths <= {"u8s8", "i16", "f32"} and "portable" not in paths
+
+
+# --- fused chains (kernels/fused.py): only where no tap is requested, same bits as unfused ---------------
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_deit"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_chains_equal_unfused_on_every_tensor_both_produce(name, bits, monkeypatch):
+    g, x = codes_for(name, bits, seed=3)
+    plan = fast.prepare(g)
+    chains = {i: plan.fusion(i) for i in range(len(g.nodes)) if plan.fusion(i) is not None}
+    assert chains, "the graph has softmax -> log2_code chains"
+    ref = run_graph(g, x, backend="ref", keep_all=True)
+    unfused = run_graph(g, x, backend="fast", keep_all=True)  # keep_all: never fused
+    assert_all_equal(unfused, ref)
+    for i, (ends, step, between) in chains.items():
+        node = g.nodes[i]
+        ys = step([unfused[t] for t in node.inputs])
+        assert ys is not None and len(ys) == len(ends)
+        for j, y in zip(ends, ys):
+            last = g.nodes[j]
+            assert y.dtype == ref[last.outputs[0]].dtype
+            assert np.array_equal(y, ref[last.outputs[0]]), (node.name, last.name)
+        assert not set(between) & set(ends)
+    kinds = {(g.nodes[i].op, g.nodes[ends[-1]].op, len(ends)) for i, (ends, _, _) in chains.items()}
+    if G.choose_path(255, 255) == "vnni":
+        assert {(Op.GEMM, Op.REQUANT, 1), (Op.GEMM, Op.REQUANT, 3), (Op.GEMM, Op.LUT, 1)} <= kinds
+    assert (Op.SOFTMAX, Op.LOG2_CODE, 1) in kinds
+    calls = []
+    for fn in ("softmax_log2_code", "gemm_requant", "gemm_requant_slices", "gemm_requant_lut"):
+        orig = getattr(fast.FU, fn)
+        monkeypatch.setattr(fast.FU, fn, lambda *a, _o=orig: calls.append(1) or _o(*a))
+    fused_out = run_graph(g, x, backend="fast")
+    assert len(calls) == len(chains)
+    assert_all_equal(fused_out, {k: ref[k] for k in g.outputs})
+    calls.clear()
+    run_graph(g, x, backend="fast", keep_all=True)
+    assert not calls, "keep_all must disable fusion"
+    for path in ("portable", "i16", "vnni"):  # GEMM chains on the vnni packing only
+        with G.force_path(path):
+            chains_p = {i: c for i in range(len(g.nodes)) if (c := fast.prepare(g).fusion(i)) is not None}
+            assert any(g.nodes[i].op == Op.GEMM for i in chains_p) == (path == "vnni")
+            calls.clear()
+            assert_all_equal(run_graph(g, x, backend="fast"), fused_out)
+            assert len(calls) == len(chains_p)
+    calls.clear()
+    monkeypatch.setattr(fast, "FUSE", False)
+    assert_all_equal(run_graph(g, x, backend="fast"), fused_out)
+    assert not calls
+
+
+def test_softmax_log2_code_chain_edges():
+    from repq_hw.kernels.fast_ops import log2_code_table
+    from repq_hw.kernels.fused import softmax_log2_code
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(-(1 << 20), 1 << 20, (7, 33)).astype(np.int32)
+    x[0] = 5  # uniform row
+    x[1, 3] = (1 << 30)  # one-hot row
+    for mode in ROUNDING_MODES:
+        p = softmax_ref(x, 1 << 20, 22, 8, 22, 16, mode)
+        th = log2_thresholds(1.0, 4, 16, 15)
+        table = log2_code_table(th, 4, 17)
+        got = softmax_log2_code(x, 1 << 20, 22, 8, 22, 16, mode, table, np.uint8)
+        assert np.array_equal(got, log2_code_ref(p, th, 4))
+    assert softmax_log2_code(x, 1 << 20, 22, 8, 22, 16, "half_even", table[:5], np.uint8) is None  # table miss
+    assert softmax_log2_code(x.astype(np.int64), 1 << 20, 22, 8, 22, 16, "half_even", table, np.uint8) is None
+
+
+@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
+def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
+    """The fused GEMM -> requantize on the vnni packing (its generic twin everywhere) equals the two
+    references, with row tails, every rounding mode, a row-sum term and per-channel constants."""
+    from repq_hw.kernels.fused import gemm_requant
+    from repq_hw.kernels.gemm import gemm_zp_ref
+
+    if impl == "generic":
+        monkeypatch.setattr(G, "_tag", lambda path: G.simd.GENERIC)
+        import repq_hw.kernels.fused as FUm
+
+        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    rng = np.random.default_rng(12)
+    for m, k, n in ((13, 20, 37), (64, 384, 96), (1, 4, 1)):
+        x = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
+        wz = rng.integers(0, 256, n)
+        bias = rng.integers(-(1 << 16), 1 << 16, n).astype(np.int32)
+        pk = G.prepare_gemm(w, wz, bias, 9, 255, path="vnni")
+        acc = gemm_zp_ref(x, 9, w, wz, bias)
+        for mode in ROUNDING_MODES:
+            mult = rng.integers(1, 1 << 30, n)
+            shift = rng.integers(20, 40, n)
+            off = rng.integers(-(1 << 40), 1 << 40, n)
+            rc = F.RequantConsts.make(n, mult, shift, off, 5, 0, 255, mode)
+            got = gemm_requant(x, pk, rc, np.uint8)
+            exp = requantize_ref(acc, mult, shift, off, 5, 0, 255, mode, np.uint8)
+            assert got is not None and np.array_equal(got, exp), (m, k, n, mode)
+
+
+def test_gemm_requant_lut_chain_edges():
+    from repq_hw.kernels.fused import gemm_requant_lut
+    from repq_hw.kernels.gemm import gemm_zp_ref
+
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (11, 40), dtype=np.uint8)
+    w = rng.integers(0, 256, (70, 40), dtype=np.uint8)
+    mult, shift = rng.integers(1, 1 << 30, 70), rng.integers(24, 30, 70)
+    rc = F.RequantConsts.make(70, mult, shift, 0, -3, -100, 100, "half_even")
+    table = rng.integers(-30000, 30000, 201).astype(np.int16)
+    wz = rng.integers(0, 256, 70)
+    pk = G.prepare_gemm(w, wz, None, 4, 255, path="vnni")
+    codes = requantize_ref(gemm_zp_ref(x, 4, w, wz, None), mult, shift, 0, -3, -100, 100, "half_even", np.int32)
+    exp = lut_lookup_ref(codes, table, -100)
+    got = gemm_requant_lut(x, pk, rc, table, -100, np.int16)
+    assert got is not None and np.array_equal(got, exp.astype(np.int16))
+    assert gemm_requant_lut(x, pk, rc, table[:150], -100, np.int16) is None  # an index past the table
+    assert gemm_requant_lut(x, pk, rc, table, -100, np.int8) is None  # table does not fit the output

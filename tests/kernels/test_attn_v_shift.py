@@ -138,3 +138,151 @@ def test_attn_v_threads():
     finally:
         numba.set_num_threads(old)
     assert np.array_equal(a, b) and np.array_equal(a, attn_v_shift_ref(c, v, 120, 4, 8, 15, "half_up"))
+
+
+# --- the fast kernel (byte / int16 planes on vpdpbusd / vpmaddwd): every path, native and generic ------
+
+from repq_hw.kernels import simd
+from repq_hw.kernels.attn_v_shift import AV_PATHS, attn_v_path, attn_v_shift_fast
+
+FAST_VARIANTS = [("vnni", "generic"), ("i16", "generic"), ("portable", None)]
+if simd.has_vnni512():
+    FAST_VARIANTS.append(("vnni", None))
+if simd.has_avx2():
+    FAST_VARIANTS.append(("i16", None))
+
+
+@pytest.mark.parametrize(("path", "impl"), FAST_VARIANTS)
+@settings(max_examples=60, deadline=None)
+@given(cs=case())
+def test_attn_v_fast_every_path_hypothesis(path, impl, cs):
+    c, v, v_zp, bits, f, q, mode = cs
+    try:
+        r = attn_v_shift_ref(c, v, v_zp, bits, f, q, mode)
+    except (ValueError, OverflowError) as e:
+        with pytest.raises(type(e)):
+            attn_v_shift_fast(c, v, v_zp, bits, f, q, mode, path=path, impl=impl)
+        return
+    assert np.array_equal(attn_v_shift_fast(c, v, v_zp, bits, f, q, mode, path=path, impl=impl), r)
+
+
+@pytest.mark.parametrize(("path", "impl"), FAST_VARIANTS)
+@pytest.mark.parametrize(("bits", "f", "ncodes"), [(8, 12, 24), (4, 8, 15), (6, 20, 40), (8, 40, 80),
+                                                   (3, 0, 1), (8, 7, 15), (2, 1, 2)])
+def test_attn_v_fast_lowering_shapes(path, impl, bits, f, ncodes):
+    """Codes as the lowering makes them (0 .. L-1 and Z), DeiT-like shapes with row/column tails, every rounding
+    mode and zero points at the edges; (8, 40, 80) has live codes above the 64-entry tables (fallback)."""
+    rng = np.random.default_rng(bits * 100 + f)
+    z = (1 << bits) - 1
+    for mode in ROUNDING_MODES:
+        c = rng.integers(0, ncodes + 1, (3, 21, 70)).astype(np.uint8)
+        c[c == ncodes] = z
+        c[0, :9] = z  # a row group with only the zero state
+        c[1, :, :5] = 0  # the largest weight
+        v = rng.integers(0, 256, (3, 70, 33)).astype(np.uint8)
+        for vz in (0, 128, 255, -300, 70000):
+            try:
+                r = attn_v_shift_ref(c, v, vz, bits, f, 15, mode)
+            except OverflowError:
+                with pytest.raises(OverflowError):
+                    attn_v_shift_fast(c, v, vz, bits, f, 15, mode, path=path, impl=impl)
+                continue
+            got = attn_v_shift_fast(c, v, vz, bits, f, 15, mode, path=path, impl=impl)
+            assert got.dtype == np.int64 and np.array_equal(got, r), (mode, vz)
+            if np.abs(r).max(initial=0) < (1 << 31) - 1:
+                g32 = attn_v_shift_fast(c, v, vz, bits, f, 15, mode, path=path, impl=impl, out_dtype=np.int32)
+                assert g32.dtype == np.int32 and np.array_equal(g32, r)
+
+
+@pytest.mark.parametrize(("path", "impl"), FAST_VARIANTS)
+def test_attn_v_fast_errors_are_the_references(path, impl):
+    ok_v = np.zeros((1, 3, 2), np.uint8)
+    cases = [
+        (np.full((1, 1, 3), 20, np.uint8), ok_v, 0, 8, 2),  # would be truncated
+        (np.array([[[0, 9, 1]]], np.uint8), ok_v, 0, 3, 8),  # code above Z
+        (np.zeros((1, 1, 3), np.uint8), ok_v, 0, 3, 62),  # headroom
+        (np.zeros((1, 1, 3), np.int16), ok_v, 0, 3, 2),  # dtype
+    ]
+    for c, v, vz, bits, f in cases:
+        with pytest.raises((ValueError, OverflowError)) as e_ref:
+            attn_v_shift_ref(c, v, vz, bits, f, 15, "half_even")
+        with pytest.raises(type(e_ref.value), match=str(e_ref.value).split(":")[0]):
+            attn_v_shift_fast(c, v, vz, bits, f, 15, "half_even", path=path, impl=impl)
+
+
+def test_attn_v_fast_real_model_inputs():
+    """The codes and values a lowered test model's attention produces (every block, W8A8 and W4A4)."""
+    import torch
+
+    from repq_hw.emu.execute import run_graph
+    from repq_hw.fidelity import input_codes
+    from repq_hw.ir.ops import Op
+    from tests.conftest import lowered
+
+    for bits in (8, 4):
+        qm, g, _ = lowered("test_deit", bits)
+        x = input_codes(qm, torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(bits)))
+        env = run_graph(g, x, backend="ref", keep_all=True)
+        nodes = [n for n in g.nodes if n.op == Op.ATTN_V]
+        assert nodes
+        for node in nodes:
+            a = node.attrs
+            cc, vv = env[node.inputs[0]], env[node.inputs[1]]
+            b, h, n, n2 = cc.shape
+            c3, v3 = cc.reshape(b * h, n, n2).astype(np.uint8), vv.reshape(b * h, n2, -1).astype(np.uint8)
+            args = (int(a["v_zp"]), int(a["bits"]), int(a["shift_frac"]), int(a["sqrt2_frac_bits"]), a["rounding"])
+            r = attn_v_shift_ref(c3, v3, *args)
+            assert np.array_equal(r.reshape(env[node.outputs[0]].shape), env[node.outputs[0]])
+            for path, impl in FAST_VARIANTS:
+                assert np.array_equal(attn_v_shift_fast(c3, v3, *args, path=path, impl=impl), r), (path, impl)
+
+
+def test_attn_v_path_follows_the_gemm_switch():
+    from repq_hw.kernels import gemm_vnni as G
+
+    for gp, ap in (("vnni", "vnni"), ("u8s8", "i16"), ("i16", "i16"), ("f32", "i16"), ("portable", "portable")):
+        with G.force_path(gp):
+            assert attn_v_path() == ap
+    assert attn_v_path() in AV_PATHS
+    with pytest.raises(ValueError):
+        attn_v_path("nope")
+
+
+@pytest.mark.parametrize("impl", [simd.GENERIC] + ([simd.NATIVE] if simd.has_vbmi() else []))
+def test_byte_primitives_match_their_definition(impl):
+    from numba import njit
+
+    from repq_hw.kernels.simd import (
+        hsum32,
+        keep_first_u8,
+        load16,
+        max_u8,
+        permb,
+        sad_u8,
+        store16,
+        zero_where_u8,
+    )
+
+    @njit
+    def run(tag, t, x, y, cnt, fill, zb, o1, o2, o3, o4, o5):
+        store16(o1, 0, permb(tag, load16(t, 0), load16(x, 0)))
+        s = sad_u8(tag, load16(x, 0))
+        store16(o2, 0, s)
+        store16(o3, 0, max_u8(load16(x, 0), load16(y, 0)))
+        store16(o4, 0, keep_first_u8(load16(x, 0), cnt, fill))
+        store16(o5, 0, zero_where_u8(load16(x, 0), zb))
+        return hsum32(s)
+
+    rng = np.random.default_rng(9)
+    for cnt in (0, 1, 5, 63, 64):
+        t, x, y = (rng.integers(0, 256, 64, dtype=np.uint8) for _ in range(3))
+        x[:3] = 200
+        o1, o3, o4, o5 = (np.zeros(64, np.uint8) for _ in range(4))
+        o2 = np.zeros(16, np.int32)
+        tot = run(impl, t, x, y, cnt, 77, 200, o1, o2, o3, o4, o5)
+        assert np.array_equal(o1, t[x & 63])
+        assert np.array_equal(o2.view(np.int64), x.astype(np.int64).reshape(8, 8).sum(1))
+        assert tot == int(x.astype(np.int64).sum())
+        assert np.array_equal(o3, np.maximum(x, y))
+        assert np.array_equal(o4, np.where(np.arange(64) < cnt, x, 77))
+        assert np.array_equal(o5, np.where(x == 200, 0, x))

@@ -111,6 +111,25 @@ def test_ref_equals_fast_on_every_tensor(name, bits):
             assert np.array_equal(one[k][0], fast[k][i]), (i, k)
 
 
+@pytest.mark.parametrize("name", SWIN_TESTS)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_plan_gives_the_reference_logits(name, bits):
+    """Without taps the fast plan may fuse chains (emu/fast.py); the graph outputs stay the reference's."""
+    from repq_hw.kernels import gemm_vnni
+
+    q, g, _ = lowered(name, bits)
+    codes = input_codes(q, torch.randn(7, *image_shape(q), generator=torch.Generator().manual_seed(11)))
+    ref = run_graph(g, codes, "ref")
+    from repq_hw.emu import fast as fast_plan
+
+    for path in ("vnni", "portable"):  # the GEMM chains fuse on the vnni packing only
+        with gemm_vnni.force_path(path):
+            plan = fast_plan.prepare(g, eager=True)
+            fused = [g.nodes[i].op for i in range(len(g.nodes)) if plan.fusion(i) is not None]
+            assert Op.SOFTMAX in fused and (path != "vnni" or Op.GEMM in fused)
+            assert_all_equal(ref, run_graph(g, codes, "fast"))
+
+
 def test_padding_is_exercised():
     _, g, _ = lowered("test_swin_pad", 8)
     parts = [n for n in g.nodes if n.op == Op.WINDOW_PARTITION]
