@@ -10,6 +10,9 @@ The op functions are not re-exported here where their name equals their module's
 (``from repq_hw.kernels.layernorm import layernorm``) or use :data:`KERNELS`, so that
 ``repq_hw.kernels.<module>`` always names the module.
 
+Fast kernels of the prepared plan (``repq_hw.emu.fast``) live in the op's own module too; ``fused.py``
+only composes them into chains that run when no intermediate tensor is requested.
+
 Kernels import only NumPy, Numba and each other.
 """
 
