@@ -57,7 +57,7 @@ case "$cmd" in
         # in the reproducible mode under these foreign settings and must give the same bytes.
         echo "[dev.sh] pass 2/2: float-dependent tests, torch on other CPU paths (ATen default, MKL compatible, oneDNN SSE4.1), fast-float"
         exec env REPQ_HW_FAST_FLOAT=1 ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
-            ONEDNN_MAX_CPU_ISA=SSE41 "$VENV/bin/python" -m pytest "$@" -m "float_dependent or not (slow or rtl or fuzz)" ;;
+            ONEDNN_MAX_CPU_ISA=SSE41 "$VENV/bin/python" -m pytest "$@" -m "float_dependent or not (slow or rtl or fuzz or distributed)" ;;
     *)
         echo "usage: bash dev.sh demo|test [args...]" >&2
         exit 2 ;;

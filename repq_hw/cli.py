@@ -42,7 +42,7 @@ def _model_args(p: argparse.ArgumentParser, default: str | None = "vit_digits") 
     p.add_argument("--data", help="'digits' (default for the bundled *_digits models), 'mnist' (default for "
                                   "vit_mnist: its 3,000-image MNIST test split), an ImageFolder directory, or, "
                                   "for evaluating the bundled models only, 'mnist-digits' (5,000 MNIST digits "
-                                  "in the digits format) or 'digits+mnist' (360 + 5,000)")
+                                  "in the digits format), 'digits+mnist' (360 + 5,000) or 'digits-all' (all 1,797 digits)")
 
 
 def _quant_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +61,21 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=0, help="calibration seed (default 0)")
     p.add_argument("--eval-limit", type=positive_int, help="evaluate on the first N images only")
     add_fast_float(p)
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where the work runs (repq_hw.execution): a local Dask cluster by default."""
+    g = p.add_argument_group("execution (default: a local Dask cluster sized to this machine)")
+    g.add_argument("--scheduler", metavar="ADDR", help="connect to a running Dask scheduler, e.g. tcp://HOST:8786")
+    g.add_argument("--workers", type=positive_int, help="worker processes of the local cluster (default: one per core)")
+    g.add_argument("--no-cluster", action="store_true", help="run everything in this process (no Dask)")
+    g.add_argument("--shard-size", type=positive_int, help="images per task (default 64)")
+
+
+def _runner(a):
+    from repq_hw.execution import runner_from_args
+
+    return runner_from_args(a)
 
 
 def _cfg(a, w_bits: int | None = None, a_bits: int | None = None):
@@ -89,7 +104,7 @@ def available_images(model_name: str, data: str | None, split: str) -> tuple[int
     """(number of images, description) that ``data`` (or the model's default data) offers for ``split``
     ("train" is what calibration draws from for the digits; an ImageFolder serves both); None when the
     model needs --data and none was given (the pipeline says so)."""
-    from repq_hw.pipeline import DIGITS, DIGITS_EVAL_ONLY, MNIST, MNIST_DIGITS, default_data
+    from repq_hw.pipeline import DIGITS, DIGITS_ALL, DIGITS_EVAL_ONLY, MNIST, MNIST_DIGITS, default_data
 
     data = data or default_data(model_name)
     if data is None:
@@ -101,7 +116,8 @@ def available_images(model_name: str, data: str | None, split: str) -> tuple[int
             from repq_hw.data.digits import split_indices
             from repq_hw.data.mnist import MNIST_NUM_IMAGES
 
-            n = MNIST_NUM_IMAGES + (0 if data == MNIST_DIGITS else len(split_indices("test")))
+            n = (len(split_indices("test")) + len(split_indices("train")) if data == DIGITS_ALL
+                 else MNIST_NUM_IMAGES + (0 if data == MNIST_DIGITS else len(split_indices("test"))))
             return n, f"data set {data!r}"
     if data == DIGITS:
         from repq_hw.data.digits import load_digits_split
@@ -176,15 +192,18 @@ def cmd_eval(a) -> int:
         name = meta["model"]["name"]
         check_counts(name, a.data, eval_limit=a.eval_limit)
         fmodel = create_model(name, checkpoint=meta.get("checkpoint"), pretrained=bool(meta.get("pretrained", False)))
-        data, n = eval_batches(fmodel, name, a.data, limit=a.eval_limit)
-        print(f"model {name}  {cfg.label} (loaded from {a.calibrated})")
-        print(f"  float      : {evaluate(fmodel, data, 'float', True, n)[0].row()}")
-        print(f"  fake-quant : {evaluate(q, data, cfg.label, True, n)[0].row()}")
+        with _runner(a) as r:
+            data, n = eval_batches(fmodel, name, a.data, limit=a.eval_limit, runner=r)
+            print(f"model {name}  {cfg.label} (loaded from {a.calibrated})")
+            print(f"  float      : {evaluate(fmodel, data, 'float', True, n, runner=r)[0].row()}")
+            print(f"  fake-quant : {evaluate(q, data, cfg.label, True, n, runner=r)[0].row()}")
         return 0
     check_model(a.model)
     check_counts(a.model, a.data, a.calib_data, a.calib_size, a.eval_limit)
-    s = run_calibrate(a.model, _cfg(a), a.checkpoint, a.pretrained, a.data, a.calib_data, a.calib_size,
-                      a.seed, None, evaluate_acc=True, eval_limit=a.eval_limit)
+    cfg = _cfg(a)
+    with _runner(a) as r:
+        s = run_calibrate(a.model, cfg, a.checkpoint, a.pretrained, a.data, a.calib_data, a.calib_size,
+                          a.seed, None, evaluate_acc=True, eval_limit=a.eval_limit, runner=r)
     _print_summary(s)
     return 0
 
@@ -205,7 +224,9 @@ def cmd_fidelity_eval(a) -> int:
     check_model(a.model)
     check_counts(a.model, a.data, None, a.calib_size, a.eval_limit)
     cfgs = [_cfg(a)] if a.bits is None else [_cfg(a, b, b) for b in a.bits]
-    reports = run_fidelity(a.model, cfgs, a.data, a.checkpoint, a.calib_size, a.seed, eval_limit=a.eval_limit)
+    with _runner(a) as r:
+        reports = run_fidelity(a.model, cfgs, a.data, a.checkpoint, a.calib_size, a.seed,
+                               eval_limit=a.eval_limit, runner=r)
     for r in reports:
         print(r.table())
         print("  " + r.targets().line())
@@ -314,10 +335,25 @@ def cmd_ablation(a) -> int:
         raise InputError(f"--checkpoint is one model's weights; --models names {len(a.models)} models")
     for name in a.models:  # every model's data before the first (long) run
         check_counts(name, a.data, None, a.calib_size)
-    for name in a.models:
-        rows = run_ablation(name, a.bits, a.data, a.checkpoint, a.calib_size, a.seed)
-        print(ablation_markdown(name, rows))
-        print()
+    with _runner(a) as r:
+        for name in a.models:
+            rows = run_ablation(name, a.bits, a.data, a.checkpoint, a.calib_size, a.seed, runner=r)
+            print(ablation_markdown(name, rows))
+            print()
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from repq_hw.sweep import load_spec, run_sweep, write_results
+
+    spec = load_spec(a.config)
+    check_writable_dir(a.out, "--out")
+    for name in spec.models:  # every model's data before the first (long) run
+        check_counts(name, spec.data, None, spec.calib_size, spec.eval_limit)
+    with _runner(a) as r:
+        rows = run_sweep(spec, r, progress=not a.no_progress)
+    paths = write_results(rows, a.out)
+    print(f"{len(rows)} configuration(s): {paths['csv']}, {paths['markdown']}, {paths['plot']}")
     return 0
 
 
@@ -393,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fidelity ladder: float, fake-quant (paper and inference form), integer emulator")
     e.add_argument("--bits", type=bits_list, help="with --integer: comma-separated WbAb settings, e.g. 8,6,4")
     e.add_argument("--sqnr-plot", help="with --integer: write the per-layer SQNR plot here (.png, .svg or .pdf)")
+    add_cluster_args(e)
     e.set_defaults(func=lambda a: cmd_fidelity_eval(a) if a.integer else cmd_eval(a))
 
     lo = sub.add_parser("lower", help="calibrated model folder -> integer IR folder")
@@ -419,8 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--checkpoint", help="weights (only with a single --models name)")
     ab.add_argument("--calib-size", type=positive_int, default=32)
     ab.add_argument("--seed", type=seed, default=0)
+    add_cluster_args(ab)
     add_fast_float(ab)
     ab.set_defaults(func=cmd_ablation)
+
+    sw = sub.add_parser("sweep", help="a grid of models x bits x methods from a TOML/YAML file: one results "
+                                      "table")
+    sw.add_argument("config", help="the sweep file (.toml or .yaml; keys: models, bits, methods, integer, "
+                                   "calib_size, seed, data, eval_limit, checkpoints)")
+    sw.add_argument("--out", required=True, help="folder for results.csv, results.md, accuracy_vs_bits.png")
+    sw.add_argument("--no-progress", action="store_true")
+    add_cluster_args(sw)
+    add_fast_float(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     m = sub.add_parser("models", help="list supported model names")
     m.set_defaults(func=cmd_models)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from repq_hw.emu.execute import run_graph
+from repq_hw.execution import FolderBatch
 from repq_hw.ir.graph import Graph
 from repq_hw.quant.quantizers import LogSqrt2Quantizer
 
@@ -60,24 +61,36 @@ def dequantize(g: Graph, name: str, values: np.ndarray) -> np.ndarray:
 # integer tap -> (fake-quant module path, which quantizer/forward output, layout fix)
 def tap_pairs(model: nn.Module) -> list[tuple[str, str, str]]:
     """(integer tensor, fake-quant module, kind) pairs compared by the SQNR report. kind: 'out' = module
-    output, 'in' = module input, 'kT' = quantizer of k^T (transpose back)."""
+    output, 'in' = module input, 'kT' = quantizer of k^T (transpose back).
+
+    Swin: window tensors [nW*N, C] and [nW*h, N, .] are the fake-quant [B*nW, ...] tensors of one image, and
+    the qkv input is the window partition of norm1's codes."""
+    if not hasattr(model, "layers"):  # ViT / DeiT
+        pairs = [p for i in range(len(model.blocks)) for p in _block_taps(f"blocks.{i}", "norm1")]
+        return pairs + [("norm.out", "head.input_quantizer", "out")]
     pairs = []
-    for i in range(len(model.blocks)):
-        p = f"blocks.{i}"
-        pairs += [
-            (f"{p}.norm1.out", f"{p}.attn.qkv.input_quantizer", "out"),
-            (f"{p}.attn.q_heads.out", f"{p}.attn.matmul1.quantizer_A", "out"),
-            (f"{p}.attn.k_heads.out", f"{p}.attn.matmul1.quantizer_B", "kT"),
-            (f"{p}.attn.v_heads.out", f"{p}.attn.matmul2.quantizer_B", "out"),
-            (f"{p}.attn.log2_code.out", f"{p}.attn.matmul2.quantizer_A", "out"),
-            (f"{p}.attn.proj_in.out", f"{p}.attn.proj.input_quantizer", "out"),
-            (f"{p}.add1.out", f"{p}.norm2", "in"),
-            (f"{p}.norm2.out", f"{p}.mlp.fc1.input_quantizer", "out"),
-            (f"{p}.mlp.gelu.out", f"{p}.mlp.fc2.input_quantizer", "out"),
-            (f"{p}.add2.out", f"{p}", "out"),
-        ]
-    pairs.append(("norm.out", "head.input_quantizer", "out"))
-    return pairs
+    for s, layer in enumerate(model.layers):
+        if s > 0:
+            d = f"layers.{s}.downsample"
+            pairs.append((f"{d}.norm.out", f"{d}.reduction.input_quantizer", "out"))
+        for j in range(len(layer.blocks)):
+            pairs += _block_taps(f"layers.{s}.blocks.{j}", "window_partition")
+    return pairs + [("head.fc_in.out", "head.fc.input_quantizer", "out")]
+
+
+def _block_taps(p: str, qkv_input: str) -> list[tuple[str, str, str]]:
+    return [
+        (f"{p}.{qkv_input}.out", f"{p}.attn.qkv.input_quantizer", "out"),
+        (f"{p}.attn.q_heads.out", f"{p}.attn.matmul1.quantizer_A", "out"),
+        (f"{p}.attn.k_heads.out", f"{p}.attn.matmul1.quantizer_B", "kT"),
+        (f"{p}.attn.v_heads.out", f"{p}.attn.matmul2.quantizer_B", "out"),
+        (f"{p}.attn.log2_code.out", f"{p}.attn.matmul2.quantizer_A", "out"),
+        (f"{p}.attn.proj_in.out", f"{p}.attn.proj.input_quantizer", "out"),
+        (f"{p}.add1.out", f"{p}.norm2", "in"),
+        (f"{p}.norm2.out", f"{p}.mlp.fc1.input_quantizer", "out"),
+        (f"{p}.mlp.gelu.out", f"{p}.mlp.fc2.input_quantizer", "out"),
+        (f"{p}.add2.out", f"{p}", "out"),
+    ]
 
 
 @torch.no_grad()
@@ -236,24 +249,52 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def fidelity(float_model: nn.Module, qmodel: nn.Module, g: Graph, images: torch.Tensor, labels: torch.Tensor,
              label: str, batch_size: int = 64, backend: str = "fast", sqnr_images: int = 32,
-             progress=None, int_batch_size: int = 1024) -> FidelityReport:
-    """Run the ladder on (images, labels); SQNR on the first ``sqnr_images`` images.
+             progress=None, int_batch_size: int = 1024, runner=None) -> FidelityReport:
+    """Run the ladder on (images, labels); SQNR on the first ``sqnr_images`` images. ``images`` may also
+    be a list of ``repq_hw.execution.FolderBatch`` of ``batch_size`` images (labels None) with a
+    distributed ``runner``: its workers decode them and run every stage.
 
     The float models run in batches of ``batch_size``; the integer emulator, whose results are bit-exact
     per image whatever the batch, in chunks of ``int_batch_size`` (its per-call overhead dominates small
-    batches)."""
+    batches). With a ``runner`` (``repq_hw.execution.Runner``) both run on its workers, the float models
+    in the very batches (and torch thread count) used here, the emulator in shards: the same bits."""
     inf_model = inference_form(qmodel)
     outs = {"float": [], "fq": [], "fq_inf": [], "int": []}
     out_name = g.outputs[0]
-    for j in range(0, len(images), int_batch_size):
+    if isinstance(images, list) and images and isinstance(images[0], FolderBatch):
+        # ImageFolder batches of batch_size images, decoded and run on the runner's workers
+        if runner is None or any(len(b.labels) != batch_size for b in images[:-1]):
+            raise ValueError(f"FolderBatch images need a runner and batches of batch_size={batch_size}")
+        outs = runner.ladder((float_model, qmodel, inf_model), g, images, backend, desc=f"ladder {label}")
+        outs["int"] = [outs["int"]]
+        labels = torch.tensor([y for b in images for y in b.labels], dtype=torch.int64)
+        first, n = [], 0
+        for b in images:  # the SQNR images, decoded here
+            if n >= sqnr_images:
+                break
+            first.append(b.load()[0])
+            n += len(b.labels)
+        images = torch.cat(first)
+    elif runner is not None:
+        res = runner.emulate(g, input_codes(qmodel, images), backend, desc=f"integer {label}")
+        outs["int"].append(dequantize(g, out_name, res[out_name])[:, 0, :])
+        cuts = [(j + i, j + min(i + batch_size, int_batch_size, len(images) - j))  # the loop's batches below
+                for j in range(0, len(images), int_batch_size)
+                for i in range(0, min(int_batch_size, len(images) - j), batch_size)]
+        fbatches = [(images[a:b], labels[a:b]) for a, b in cuts]
+        for key, m in (("float", float_model), ("fq", qmodel), ("fq_inf", inf_model)):
+            outs[key] = [lg.double().numpy() for lg in runner.torch_logits(m, fbatches, desc=f"{key} {label}")]
+    local = runner is None  # else every stage's logits came from the runner above
+    for j in range(0, len(images) if local else 0, int_batch_size):
         chunk = images[j:j + int_batch_size]
         for i in range(0, len(chunk), batch_size):
             x = chunk[i:i + batch_size]
             outs["float"].append(float_model(x).double().numpy())
             outs["fq"].append(qmodel(x).double().numpy())
             outs["fq_inf"].append(inf_model(x).double().numpy())
-        res = run_graph(g, input_codes(qmodel, chunk), backend)
-        outs["int"].append(dequantize(g, out_name, res[out_name])[:, 0, :])
+        if local:
+            res = run_graph(g, input_codes(qmodel, chunk), backend)
+            outs["int"].append(dequantize(g, out_name, res[out_name])[:, 0, :])
         if progress is not None:
             progress(min(j + int_batch_size, len(images)), len(images))
     y = labels.numpy()

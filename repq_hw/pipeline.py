@@ -3,7 +3,8 @@
 The data source is either ``"digits"`` (the bundled scikit-learn digits split, for the ``*_digits`` and
 ``test_*`` models) or an ImageFolder directory laid out like ImageNet val (timm models). Two evaluation-only
 sets exist for the digits models: ``"mnist-digits"`` (5,000 MNIST digits converted to the digits format,
-``repq_hw.data.mnist``) and ``"digits+mnist"`` (the 360 digits test images, then those 5,000); a model
+``repq_hw.data.mnist``), ``"digits+mnist"`` (the 360 digits test images, then those 5,000) and ``"digits-all"``
+(all 1,797 digits: implementation agreement needs many images, not held-out ones); a model
 evaluated on them is calibrated on the digits train split, as with ``"digits"``. ``"mnist"`` is the fixed
 2,000 / 3,000 train / test split of the 5,000 real MNIST digits at full resolution (``repq_hw.data.mnist``),
 the default data of the bundled ``vit_mnist``: calibrated on its train split, evaluated on its test split.
@@ -28,7 +29,8 @@ from repq_hw.quant.model import QuantConfig, build_calibrated, save_calibrated
 DIGITS = "digits"
 MNIST_DIGITS = "mnist-digits"  # evaluation only: 5,000 MNIST digits in the digits format
 DIGITS_MNIST = "digits+mnist"  # evaluation only: digits test split (360) followed by MNIST_DIGITS (5,000)
-DIGITS_EVAL_ONLY = (MNIST_DIGITS, DIGITS_MNIST)
+DIGITS_ALL = "digits-all"  # evaluation only: all 1,797 digits, test split (360) then train split (1,437)
+DIGITS_EVAL_ONLY = (MNIST_DIGITS, DIGITS_MNIST, DIGITS_ALL)
 MNIST = "mnist"  # the 5,000 MNIST digits at 32x32 (padded), split 2,000 train / 3,000 test (vit_mnist's data)
 
 
@@ -86,17 +88,31 @@ def calibration_images(model: torch.nn.Module, model_name: str, data: str | None
 
 
 def eval_batches(model: torch.nn.Module, model_name: str, data: str | None, batch_size: int = 100,
-                 limit: int | None = None):
-    """(iterable of (images, labels), number of batches) for evaluation."""
+                 limit: int | None = None, runner=None):
+    """(iterable of (images, labels), number of batches) for evaluation. With a distributed ``runner``
+    an ImageFolder becomes ``FolderBatch`` items that the workers decode (the folder must be readable
+    on every worker: checked here, naming the worker)."""
     data = data if data in DIGITS_EVAL_ONLY else _check_data(model_name, data)
     if data in (DIGITS, MNIST, *DIGITS_EVAL_ONLY):
         from repq_hw.data import digits, mnist
 
         x, y = {DIGITS: lambda: digits.load_digits_split("test"), MNIST_DIGITS: mnist.load_mnist_as_digits,
-                DIGITS_MNIST: mnist.load_digits_and_mnist, MNIST: lambda: mnist.load_mnist_split("test")}[data]()
+                DIGITS_MNIST: mnist.load_digits_and_mnist, MNIST: lambda: mnist.load_mnist_split("test"),
+                DIGITS_ALL: digits.load_all_digits}[data]()
         if limit is not None:
             x, y = x[:limit], y[:limit]
         return list(batches(x, y, batch_size)), (len(x) + batch_size - 1) // batch_size
+    if runner is not None and runner.distributed:
+        from repq_hw.data.imagefolder import eval_transform_config, list_image_folder
+        from repq_hw.execution import FolderBatch
+
+        runner.check_paths([("--data", data)])
+        samples = list_image_folder(data)[0][:limit]
+        tcfg = eval_transform_config(model)
+        fb = [FolderBatch(tuple(str(p) for p, _ in samples[i:i + batch_size]),
+                          tuple(int(y) for _, y in samples[i:i + batch_size]), tcfg)
+              for i in range(0, len(samples), batch_size)]
+        return fb, len(fb)
     from repq_hw.data.imagefolder import timm_eval_loader
 
     loader = timm_eval_loader(data, model, batch_size=batch_size, limit=limit)
@@ -129,17 +145,18 @@ def _accuracy_record(acc: Accuracy) -> dict:
 def run_calibrate(model_name: str, cfg: QuantConfig, checkpoint: str | None = None, pretrained: bool = False,
                   data: str | None = None, calib_data: str | None = None, calib_size: int = 32,
                   seed: int = 0, out_dir: str | Path | None = None, evaluate_acc: bool = True,
-                  eval_limit: int | None = None, progress: bool = True) -> dict:
-    """Calibrate a model, optionally evaluate float vs fake-quant, optionally save. Returns a summary."""
+                  eval_limit: int | None = None, progress: bool = True, runner=None) -> dict:
+    """Calibrate a model, optionally evaluate float vs fake-quant, optionally save. Returns a summary.
+    ``runner``: a started ``repq_hw.execution.Runner`` for the evaluation (None: here)."""
     torch.manual_seed(seed)
     model = create_model(model_name, checkpoint=checkpoint, pretrained=pretrained)
     calib = calibration_images(model, model_name, calib_data or data, calib_size, seed)
     res = calibrate_model(model, calib, cfg, progress)
     summary = {"model": model_name, "config": cfg, "calib_seconds": res.seconds, "calibrated": res.model}
     if evaluate_acc:
-        batches_, n = eval_batches(model, model_name, data, limit=eval_limit)
-        summary["float"], _ = evaluate(model, batches_, "float", progress, n)
-        summary["quant"], _ = evaluate(res.model, batches_, cfg.label, progress, n)
+        batches_, n = eval_batches(model, model_name, data, limit=eval_limit, runner=runner)
+        summary["float"], _ = evaluate(model, batches_, "float", progress, n, runner=runner)
+        summary["quant"], _ = evaluate(res.model, batches_, cfg.label, progress, n, runner=runner)
     if out_dir is not None:
         # what was used, not what was asked for: the number of images in the batch, the weights' source
         # (and the source the images came from: an evaluation-only set calibrates on the digits train split)
@@ -167,17 +184,19 @@ ABLATION_ROWS = (
 
 def run_ablation(model_name: str, bits: tuple[int, ...] = (8, 6, 4), data: str | None = None,
                  checkpoint: str | None = None, calib_size: int = 32, seed: int = 0,
-                 progress: bool = True) -> list[tuple[str, str, Accuracy]]:
-    """The paper's ablation on one model: float, then every row of ABLATION_ROWS at WbAb."""
+                 progress: bool = True, runner=None) -> list[tuple[str, str, Accuracy]]:
+    """The paper's ablation on one model: float, then every row of ABLATION_ROWS at WbAb. Calibration
+    runs here, once per row; ``runner`` (``repq_hw.execution.Runner``) evaluates on its workers."""
     model = create_model(model_name, checkpoint=checkpoint)
     calib = calibration_images(model, model_name, data, calib_size, seed)
-    data_batches, n = eval_batches(model, model_name, data)
-    rows = [("float", "fp32", evaluate(model, data_batches, "float", progress, n)[0])]
+    data_batches, n = eval_batches(model, model_name, data, runner=runner)
+    rows = [("float", "fp32", evaluate(model, data_batches, "float", progress, n, runner=runner)[0])]
     for b in bits:
         for label, kw in ABLATION_ROWS:
             cfg = QuantConfig(w_bits=b, a_bits=b, **kw)
             q = calibrate_model(model, calib, cfg, progress).model
-            rows.append((label, cfg.label, evaluate(q, data_batches, f"{label} {cfg.label}", progress, n)[0]))
+            rows.append((label, cfg.label,
+                         evaluate(q, data_batches, f"{label} {cfg.label}", progress, n, runner=runner)[0]))
     return rows
 
 
@@ -196,21 +215,22 @@ def ablation_markdown(model_name: str, rows: list[tuple[str, str, Accuracy]]) ->
 
 def lower_calibrated(qmodel: torch.nn.Module, cfg: QuantConfig, model_name: str, calib: torch.Tensor,
                      lcfg=None, out_dir: str | Path | None = None, calib_float_env: dict | None = None):
-    """Lower a calibrated ViT/DeiT to the integer IR; optionally save it (graph.json + constants.npz).
+    """Lower a calibrated ViT/DeiT/Swin to the integer IR; optionally save it (graph.json + constants.npz).
 
     The lowering runs float forwards too (residual and GELU-input ranges), so the IR is reproducible only
     if both this process and the calibration ran in the reproducible float mode: ``calib_float_env`` is
     the calibration's record (quant.json's ``float_env``) when it ran elsewhere; None means this process.
     ``graph.meta["float_env"]`` keeps only the CPU-independent part: ``reproducible`` and ``mode``."""
     from repq_hw.ir.graph import save_graph
-    from repq_hw.lower.vit import LowerConfig, lower_vit
+    from repq_hw.lower import lower_model
+    from repq_hw.lower.vit import LowerConfig
 
     now = float_env.check("lower")
     reproducible = bool(now["reproducible"])
     if calib_float_env is not None:
         reproducible = reproducible and calib_float_env.get("reproducible") is True
     env = {"reproducible": reproducible, "mode": now["mode"]}
-    g = lower_vit(qmodel, cfg, calib, lcfg or LowerConfig(), meta={"model": model_name, "float_env": env})
+    g = lower_model(qmodel, cfg, calib, lcfg or LowerConfig(), meta={"model": model_name, "float_env": env})
     if out_dir is not None:
         save_graph(g, out_dir)
     return g
@@ -233,20 +253,29 @@ def run_lower(calibrated_dir: str | Path, out_dir: str | Path, data: str | None 
 
 def run_fidelity(model_name: str, configs: list[QuantConfig], data: str | None = None,
                  checkpoint: str | None = None, calib_size: int = 32, seed: int = 0, backend: str = "fast",
-                 eval_limit: int | None = None, progress: bool = True):
-    """The fidelity ladder for each QuantConfig; returns FidelityReports."""
+                 eval_limit: int | None = None, progress: bool = True, runner=None):
+    """The fidelity ladder for each QuantConfig; returns FidelityReports. Calibration and lowering run
+    here, once per configuration; with ``runner`` (``repq_hw.execution.Runner``) the models and the
+    integer emulator run on its workers (bit-identical), which decode an ImageFolder themselves."""
     from repq_hw.fidelity import fidelity
 
     model = create_model(model_name, checkpoint=checkpoint)
     calib = calibration_images(model, model_name, data, calib_size, seed)
-    data_batches, _ = eval_batches(model, model_name, data, limit=eval_limit)
-    xs = torch.cat([b[0] for b in data_batches])
-    ys = torch.cat([b[1] for b in data_batches])
+    folder = data not in (None, DIGITS, MNIST, *DIGITS_EVAL_ONLY) and runner is not None and runner.distributed
+    if folder:  # FolderBatch items of fidelity's float batch size, decoded on the workers
+        xs, _ = eval_batches(model, model_name, data, batch_size=64, limit=eval_limit, runner=runner)
+        ys = None
+    else:
+        data_batches, _ = eval_batches(model, model_name, data, limit=eval_limit)
+        xs = torch.cat([b[0] for b in data_batches])
+        ys = torch.cat([b[1] for b in data_batches])
     reports = []
     for cfg in configs:
         q = calibrate_model(model, calib, cfg, progress).model
         g = lower_calibrated(q, cfg, model_name, calib)
-        reports.append(fidelity(model, q, g, xs, ys, cfg.label, backend=backend))
+        reports.append(fidelity(model, q, g, xs, ys, cfg.label, backend=backend, runner=runner))
+        if runner is not None:
+            runner.release(g)
     return reports
 
 

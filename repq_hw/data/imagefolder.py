@@ -67,3 +67,32 @@ def timm_eval_loader(root: str | Path, model: torch.nn.Module, batch_size: int =
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def eval_transform_config(model: torch.nn.Module) -> dict:
+    """timm's resolved eval data config for ``model`` (what :func:`timm_eval_loader` uses)."""
+    import timm.data
+
+    config = timm.data.resolve_data_config({}, model=model)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None):
+        config["input_size"] = (pe.proj.in_channels, *pe.img_size)
+    return dict(config)
+
+
+def load_images(paths, transform_config: dict) -> torch.Tensor:
+    """Decode and transform images (as :class:`ImageFolderDataset` does), stacked as the DataLoader's
+    collate stacks them; a file that cannot be decoded raises ValueError naming it."""
+    import timm.data
+    from PIL import Image, UnidentifiedImageError
+
+    tf = timm.data.create_transform(**transform_config, is_training=False)
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(f"cannot decode image {path}: {e}") from e
+        out.append(tf(img))
+    return torch.stack(out)

@@ -103,6 +103,9 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing golden set")
     p.add_argument("--backend", choices=("fast", "ref"), default="fast")
     p.add_argument("--no-progress", action="store_true")
+    from repq_hw.cli import add_cluster_args
+
+    add_cluster_args(p)
     p.set_defaults(func=cmd_golden)
 
     act = p.add_subparsers(dest="golden_action", metavar="{verify,replay,diff,committed,coverage}")
@@ -170,6 +173,9 @@ def cmd_golden(a) -> int:
         check_out(Path(a.out), a.force, "--out")  # before any work: unwritable, or an existing set without --force
     if a.inputs and not Path(a.inputs).is_file():
         raise GoldenError(f"--inputs {a.inputs!r}: no such file")
+    from repq_hw.execution import runner_from_args
+
+    runner = runner_from_args(a)  # its options are checked now; the cluster starts after calibration
     progress = not a.no_progress
     if a.model:
         w = a.w_bits or a.bits
@@ -206,9 +212,10 @@ def cmd_golden(a) -> int:
 
         x, ids = digits_inputs(g, a.images if a.images is not None else 2, a.image_ids)
         source = "digits test split (repq_hw.data.digits), host-quantized"
-    p = write_golden_set(g, x, out, input_ids=ids, model=model, seed=seed, selection=sel, formats=fmts,
-                         force=a.force, backend=a.backend, progress=progress, input_source=source,
-                         float_env=fenv)
+    with runner as r:
+        p = write_golden_set(g, x, out, input_ids=ids, model=model, seed=seed, selection=sel, formats=fmts,
+                             force=a.force, backend=a.backend, progress=progress, input_source=source,
+                             float_env=fenv, runner=r)
     print(f"golden set written to {p}/")
     print(replay_hint(p))
     return 0

@@ -210,6 +210,15 @@ def check_names(g: Graph, selection: Selection) -> None:
             _check_name(c, f"constant (of node {n.name!r})")
 
 
+def stored_tensors(g: Graph, selection: Selection) -> list[str]:
+    """The tensors a set of ``selection`` stores: the graph input and every selected op's inputs/outputs."""
+    names = {g.inputs[0]}
+    for _, n in selected_nodes(g, selection):
+        names.update(n.inputs)
+        names.update(n.outputs)
+    return sorted(names)
+
+
 def reproducible_of(g: Graph) -> bool:
     """The IR's float-environment record says its float-derived constants are reproducible
     (``graph.meta["float_env"]["reproducible"] is True``); an IR without the record is not."""
@@ -541,7 +550,7 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
                      model: str | None = None, seed: int | None = None, selection: Selection = Selection(),
                      formats: Formats = Formats(), force: bool = False, backend: str = "fast",
                      progress: bool = True, input_source: str | None = None,
-                     float_env: dict | None = None) -> Path:
+                     float_env: dict | None = None, runner=None) -> Path:
     """Run the IR on ``inputs`` and write the golden set to ``out`` (atomically).
 
     Args:
@@ -561,6 +570,9 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
             (``repq_hw.float_env.record()``, passed by the torch side; this package never imports torch).
             Goes into ``provenance.json`` only (it names the CPU, so it would break byte equality across
             machines); the manifest carries the IR's ``reproducible`` flag.
+        runner: a started ``repq_hw.execution.Runner``: the images are emulated in shards on its workers,
+            which return only the tensors the set stores; merged in image order (the same bits). A shard
+            that fails fails the call before the staging directory is renamed: no set appears.
 
     Returns:
         the set's path.
@@ -576,7 +588,10 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
         raise GoldenError(f"float_env must be a dict (repq_hw.float_env.record()), got {type(float_env).__name__}")
     codes = _normalise_inputs(g, inputs)
     ids = list(input_ids) if input_ids is not None else [f"input:{i}" for i in range(codes.shape[0])]
-    env = run_graph(g, codes, backend=backend, keep_all=True, progress=_node_bar(g, progress))
+    if runner is None:
+        env = run_graph(g, codes, backend=backend, keep_all=True, progress=_node_bar(g, progress))
+    else:
+        env = runner.emulate(g, codes, backend, keep=stored_tensors(g, selection), desc="golden shards")
     prov = {"tool": "repq-hw", "tool_version": __version__, **git_provenance(), "backend": backend,
             "note": "provenance fields change between commits; they are excluded from the manifest's "
                     "hashes and from the byte-equality check of committed sets"}
