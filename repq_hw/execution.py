@@ -194,6 +194,59 @@ def emulate_shard(payload: GraphPayload, start: int, codes: np.ndarray, backend:
     return start, {n: env[n] for n in names}
 
 
+def emulate_shard_to_dir(payload: GraphPayload, start: int, codes: np.ndarray, backend: str, keep: tuple[str, ...],
+                         shard_dir: str) -> tuple[int, str]:
+    """One golden-set task: emulate the shard and write its ``keep`` tensors into ``shard_dir/<start>/`` (one
+    ``.npy`` per tensor, numbered in ``keep`` order), then return (start, that directory).
+
+    The files go into a hidden temporary directory that is renamed to ``<start>`` only when complete, so a
+    worker killed mid-write leaves no shard the client would read; a retried task whose twin already
+    finished keeps the first copy. ``shard_dir`` lies inside the set's staging directory (it must be on a
+    file system every worker shares)."""
+    import shutil
+    import uuid
+
+    _, res = emulate_shard(payload, start, codes, backend, keep)
+    root = Path(shard_dir)
+    final = root / f"{start:010d}"
+    tmp = root / f".{start:010d}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # never the parents: once the client has removed the staging directory nothing recreates it
+    for i, name in enumerate(keep):
+        np.save(tmp / f"{i:05d}.npy", np.ascontiguousarray(res[name]), allow_pickle=False)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # a retried twin got there first: its copy is the same bits
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
+    return start, str(final)
+
+
+class ShardedTensors:
+    """Read-only ``{tensor: [B, ...] array}`` over shard directories written by :func:`emulate_shard_to_dir`:
+    a tensor is assembled from its shards (in start order) when it is read, so the client never holds more
+    than one stored tensor of the set at a time."""
+
+    def __init__(self, dirs: list[str], names: tuple[str, ...]):
+        self._dirs, self._index = list(dirs), {n: i for i, n in enumerate(names)}
+
+    def __contains__(self, name) -> bool:
+        return name in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self):
+        return self._index.keys()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        i = self._index[name]
+        return np.concatenate([np.load(Path(d) / f"{i:05d}.npy", allow_pickle=False) for d in self._dirs])
+
+
 def torch_shard(model, start: int, batches: Sequence, threads: int) -> tuple[int, list]:
     """One torch task: the logits of each batch of a shard ((images, labels) tensors or a FolderBatch).
 
@@ -519,6 +572,48 @@ class Runner:
 
         self._gather(submit, len(bounds), desc, merge)
         return merge_parts(parts, [s for s, _ in bounds])
+
+    def emulate_into(self, g, codes: np.ndarray, shard_dir: str | Path, keep: Sequence[str], backend: str = "fast",
+                     desc: str = "golden shards",
+                     on_shard: Callable[[int], None] | None = None) -> ShardedTensors:
+        """Emulate ``codes`` in shards whose tasks write the ``keep`` tensors into ``shard_dir`` themselves
+        (:func:`emulate_shard_to_dir`); returns them as a :class:`ShardedTensors` in image order (the same
+        bits as one ``run_graph`` call). With a cluster, every worker must see ``shard_dir`` (checked)."""
+        codes = np.asarray(codes)
+        if codes.ndim < 1 or len(codes) == 0:
+            raise InputError("no images to emulate")
+        keep_t = tuple(keep)
+        root = Path(shard_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.client is not None:
+            bad = {w: why for w, why in self.client.run(check_readable, str(root.resolve())).items() if why}
+            if bad:
+                w, why = min(bad.items())
+                raise InputError(f"--out {root.parent.parent}: the staging directory {root} is not visible on worker "
+                                 f"{w} ({why}); golden shards are written by the workers, so the output folder "
+                                 "must be on a file system every worker shares, mounted at the same path")
+        bounds = shard_bounds(len(codes), self.cfg.shard_size)
+        payload = self._payload(g)
+        dirs: dict[int, str] = {}
+
+        def submit():
+            if self.client is None:
+                return (emulate_shard_to_dir(payload, s, codes[s:e], backend, keep_t, str(root)) for s, e in bounds)
+            return [self.client.submit(emulate_shard_to_dir, payload, s, codes[s:e], backend, keep_t, str(root),
+                                       pure=False) for s, e in bounds]
+
+        def merge(start, path):
+            if start in dirs:  # a retried task that also finished: one directory per shard
+                return
+            dirs[start] = path
+            if on_shard is not None:
+                on_shard(len(dirs))
+
+        self._gather(submit, len(bounds), desc, merge)
+        missing = [s for s, _ in bounds if s not in dirs]
+        if missing:
+            raise RuntimeError(f"golden shards starting at {missing[:5]} wrote no result")
+        return ShardedTensors([dirs[s] for s, _ in bounds], keep_t)
 
     def torch_logits(self, model, batches: Sequence, desc: str = "eval") -> list:
         """The logits of each (images, labels) batch through ``model`` (float or fake-quant), in batch order.

@@ -38,6 +38,7 @@ from repq_hw.ir.ops import Op
 FORMAT_NAME = "repq-hw-golden"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SHARD_DIR = ".shards"  # in a staging directory: shards written by a runner's tasks (removed before the manifest)
 PROVENANCE = "provenance.json"
 IR_DIR = "ir"
 INLINE_MAX = 16
@@ -510,9 +511,22 @@ def _atomic_set(out: Path, force: bool, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         _replace_dir(tmp, out, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         raise
     return out
+
+
+def _remove_staging(tmp: Path) -> None:
+    """Remove a failed set's staging directory; retried briefly, since a cancelled shard task still running on
+    a worker may add its (hidden, incomplete) shard while the tree is being removed (it cannot create one
+    once the shard directory is gone)."""
+    import time
+
+    for _ in range(10):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not tmp.exists():
+            return
+        time.sleep(0.2)
 
 
 def write_files(out: str | Path, files: dict[str, bytes], manifest: dict, provenance: dict, *,
@@ -571,8 +585,11 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
             Goes into ``provenance.json`` only (it names the CPU, so it would break byte equality across
             machines); the manifest carries the IR's ``reproducible`` flag.
         runner: a started ``repq_hw.execution.Runner``: the images are emulated in shards on its workers,
-            which return only the tensors the set stores; merged in image order (the same bits). A shard
-            that fails fails the call before the staging directory is renamed: no set appears.
+            each of which writes the tensors the set stores for its images into ``<staging>/.shards/``
+            (the set's hidden staging directory, next to ``out``); the client then encodes the set's files
+            from them in image order (the same bits), one tensor at a time, removes the shards and writes the
+            manifest last before the one rename. A shard that fails (or is killed and not retried) fails the
+            call before the rename: no set appears, and the staging directory is removed.
 
     Returns:
         the set's path.
@@ -588,10 +605,9 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
         raise GoldenError(f"float_env must be a dict (repq_hw.float_env.record()), got {type(float_env).__name__}")
     codes = _normalise_inputs(g, inputs)
     ids = list(input_ids) if input_ids is not None else [f"input:{i}" for i in range(codes.shape[0])]
+    env = None
     if runner is None:
         env = run_graph(g, codes, backend=backend, keep_all=True, progress=_node_bar(g, progress))
-    else:
-        env = runner.emulate(g, codes, backend, keep=stored_tensors(g, selection), desc="golden shards")
     prov = {"tool": "repq-hw", "tool_version": __version__, **git_provenance(), "backend": backend,
             "note": "provenance fields change between commits; they are excluded from the manifest's "
                     "hashes and from the byte-equality check of committed sets"}
@@ -599,8 +615,13 @@ def write_golden_set(g: Graph, inputs, out: str | Path, *, input_ids: list[str] 
         prov["float_env"] = float_env
 
     def fill(tmp: Path) -> None:
-        manifest, _ = build_set(g, env, input_ids=ids, model=model, seed=seed, selection=selection,
+        tensors = env
+        shards = tmp / SHARD_DIR
+        if tensors is None:  # the runner's tasks write their shards into the staging directory
+            tensors = runner.emulate_into(g, codes, shards, stored_tensors(g, selection), backend)
+        manifest, _ = build_set(g, tensors, input_ids=ids, model=model, seed=seed, selection=selection,
                                 formats=formats, input_source=input_source, root=tmp, progress=progress)
+        shutil.rmtree(shards, ignore_errors=True)
         _write_one(tmp / PROVENANCE, canonical_json(prov))
         _write_one(tmp / MANIFEST, canonical_json(manifest))  # last: a manifest means a complete set
 

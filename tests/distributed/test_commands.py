@@ -71,6 +71,9 @@ class _Hooked(Runner):
     def emulate(self, *args, **kw):
         return super().emulate(*args, on_shard=self.hook, **kw)
 
+    def emulate_into(self, *args, **kw):
+        return super().emulate_into(*args, on_shard=self.hook, **kw)
+
 
 def _no_trace(out: Path) -> None:
     assert not out.exists()
@@ -88,13 +91,18 @@ def test_golden_with_a_killed_worker_is_identical(cluster, tmp_path):
     pids = sorted(cluster.worker_pids().values())
     killed = []
 
+    shards_seen = []
+
     def kill(done):
         if done == 2 and not killed:
+            # the workers write their shards into the set's staging directory themselves
+            shards_seen.extend(tmp_path.glob(".dist.tmp-*/.shards/[0-9]*/00000.npy"))
             os.kill(pids[-1], signal.SIGKILL)
             killed.append(pids[-1])
 
     write_golden_set(g, x, tmp_path / "dist", progress=False, runner=_Hooked(cluster, kill))
     assert killed and not alive(killed[0])
+    assert len(shards_seen) >= 2
     assert _tree(tmp_path / "ref") == _tree(tmp_path / "dist")
     assert verify_golden_set(tmp_path / "dist").ok
     cluster.client.wait_for_workers(2, timeout=60)
