@@ -5,7 +5,7 @@
 * GEMM: weights packed for the CPU's fastest exact kernel (``kernels.gemm_vnni``: VNNI, AVX2 or the
   portable fallback), the zero-point corrections folded into per-column constants;
 * BMM_QK: ``gemm_vnni.bmm_zp_fast`` (the second operand is data, packed per head in the kernel);
-* REQUANT, LAYERNORM, SOFTMAX, LOG2_CODE, LUT, ADD, ATTN_V: each op's fast kernel, in the op's own module
+* REQUANT, LAYERNORM, SOFTMAX, LOG2_CODE, LUT, ADD, ADD_CONST, ATTN_V: each op's fast kernel, in the op's own module
   (``kernels.rounding.requant_fast``, ``kernels.layernorm.layernorm_requant_fast``, ``kernels.softmax.
   softmax_fast``, ``kernels.log2_code.log2_code_table``, ``kernels.lut.lookup_fast``, ``kernels.add.sat_add``,
   ``kernels.attn_v_shift.attn_v_shift_fast``), with their constants checked once (overflow cannot happen,
@@ -217,6 +217,9 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
             return lambda args: LUT.lookup_fast(args[0], table, lo, out_t.storage)
         if op == Op.ADD:
             return lambda args: ADD.sat_add(args[0], args[1], out_t.min, out_t.max, out_t.storage)
+        if op == Op.ADD_CONST:
+            value = g.const(node, "value")
+            return lambda args: ADD.sat_add_tiled(args[0], value, out_t.min, out_t.max, out_t.storage)
         if op == Op.ATTN_V:
             full32 = out_t.storage == np.int32 and out_t.min == -(1 << 31) and out_t.max == (1 << 31) - 1
             zp_v, f_v = int(a["v_zp"]), int(a["shift_frac"])

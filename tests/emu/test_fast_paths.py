@@ -177,6 +177,31 @@ def test_lookup_fast_and_sat_add():
     assert np.array_equal(F.sat_add(a, b, -32768, 32767, np.int16), np.array([32767, -32768, 11, -4], np.int16))
 
 
+@pytest.mark.parametrize("tiles", [1, 3, 8])
+def test_sat_add_tiled_equals_the_executor(tiles):
+    """add_const's fast kernel against the executor's numpy definition (run_node), saturating at int32 and
+    int16, with the constant tiled over axis 0 as Swin's bias/mask is over the windows."""
+    from repq_hw.emu.execute import run_node
+    from repq_hw.ir.graph import Graph, IntType, Node, TensorInfo
+    from repq_hw.kernels.add import sat_add_tiled
+
+    rng = np.random.default_rng(tiles)
+    for bits in (16, 32):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        v = rng.integers(lo, hi, (2, 5, 5), endpoint=True)
+        x = rng.integers(lo, hi, (3, 2 * tiles, 5, 5), endpoint=True)
+        x[0, 0, 0, 0], v[0, 0, 0] = hi, hi  # saturates high
+        x[1, 0, 0, 1], v[0, 0, 1] = lo, lo  # saturates low
+        t = IntType(True, bits, x.shape[1:])
+        g = Graph([Node("n", Op.ADD_CONST, ["x"], ["y"], {}, {"value": "v"})],
+                  {"x": TensorInfo("x", t), "y": TensorInfo("y", t)}, ["x"], ["y"],
+                  {"v": v.astype(t.storage)}, {"v": IntType(True, bits, v.shape)})
+        want = run_node(g, g.nodes[0], [x.astype(t.storage)], "ref")
+        got = sat_add_tiled(x.astype(t.storage), v.astype(t.storage), lo, hi, t.storage)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert sat_add_tiled(np.zeros((1, 5, 2), np.int32), np.zeros((2, 2), np.int32), 0, 1, np.int32) is None
+
+
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
 def test_layernorm_requant_fast(mode):
     rng = np.random.default_rng(4)
