@@ -65,6 +65,8 @@ def check_swin(model: nn.Module) -> None:
         name = type(model).__name__
         why = " (Swin v2: scaled cosine attention and a log-spaced position MLP)" if "V2" in name else ""
         raise LoweringError(f"model: the Swin lowering needs timm's SwinTransformer (v1), got {name}{why}")
+    if model.training:
+        raise LoweringError("model: must be in eval mode (dropout and drop-path are not integer ops)")
     pe = model.patch_embed
     _pair(pe.img_size, "patch_embed.img_size")
     if not isinstance(pe.proj, QuantConv2d):
@@ -100,9 +102,6 @@ def check_swin(model: nn.Module) -> None:
                 raise LoweringError(f"{where}.mlp.act: expected nn.GELU (erf), got {act}")
             if not isinstance(getattr(blk.mlp, "norm", nn.Identity()), nn.Identity):
                 raise LoweringError(f"{where}.mlp.norm: an MLP norm is not supported by the integer lowering")
-            for attr in ("drop_path1", "drop_path2"):
-                if not isinstance(getattr(blk, attr), nn.Identity) and blk.training:
-                    raise LoweringError(f"{where}.{attr}: the model must be in eval mode")
     if len(windows) > 1:
         raise LoweringError(f"layers: blocks use different window sizes {sorted(windows)}; the integer Swin "
                             "lowering needs one window size for every stage")
