@@ -40,9 +40,9 @@ import torch.nn as nn
 
 from repq_hw.ir.graph import Graph, IntType
 from repq_hw.ir.ops import Op
-from repq_hw.ir.validate import absmax_centered, validate_graph
-from repq_hw.lower.vit import LowerConfig, LoweringError, ViTLowering, _f, _uq
-from repq_hw.quant.model import QuantConfig, quantizers
+from repq_hw.ir.validate import absmax_centered
+from repq_hw.lower.vit import LowerConfig, LoweringError, ViTLowering, _f, _uq, lower_with
+from repq_hw.quant.model import QuantConfig
 from repq_hw.quant.modules import ExplicitWindowAttention, QuantConv2d, QuantLinear
 
 SWIN_CLASS = "timm.models.swin_transformer.SwinTransformer"
@@ -307,16 +307,5 @@ def mask_offset(bound: int, sm: dict) -> int:
 def lower_swin(model: nn.Module, qcfg: QuantConfig, calib_images: torch.Tensor,
                lcfg: LowerConfig = LowerConfig(), meta: dict | None = None) -> Graph:
     """Lower a calibrated Swin (v1) to a validated integer graph (arguments as :func:`lower_vit`)."""
-    if qcfg.method != "repq" or not qcfg.reparam or qcfg.zero_point != "round":
-        raise LoweringError("lowering needs a RepQ-ViT model calibrated with reparam and zero_point='round' "
-                            f"(got method={qcfg.method}, reparam={qcfg.reparam}, zero_point={qcfg.zero_point})")
-    check_swin(model)
-    for name, qz in quantizers(model):
-        if not qz.inited:
-            raise LoweringError(f"{name}: quantizer is not calibrated")
-    stats = swin_calibration_stats(model, calib_images)
-    info = {"family": "swin", "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits, "lower_config": lcfg.__dict__,
-            "residual_absmax": stats["residual_absmax"], **(meta or {})}
-    g = SwinLowering(model, qcfg, stats, lcfg, info).build()
-    validate_graph(g)
-    return g
+    return lower_with(SwinLowering, check_swin, swin_calibration_stats, "swin", model, qcfg, calib_images, lcfg,
+                      meta)

@@ -378,16 +378,24 @@ def lower_vit(model: nn.Module, qcfg: QuantConfig, calib_images: torch.Tensor,
         lcfg: integer design choices.
         meta: extra graph metadata (model name, bits, ...).
     """
+    return lower_with(ViTLowering, _check_vit, calibration_stats, "vit", model, qcfg, calib_images, lcfg, meta)
+
+
+def lower_with(lowering: type, check, stats_of, family: str, model: nn.Module, qcfg: QuantConfig,
+               calib_images: torch.Tensor, lcfg: LowerConfig, meta: dict | None) -> Graph:
+    """The steps every lowering shares: refuse what is not RepQ-ViT + reparam + integer zero points, run the
+    family's structural ``check``, require every quantizer calibrated, measure the ranges RepQ-ViT does not
+    calibrate (``stats_of``), build with ``lowering`` and validate."""
     if qcfg.method != "repq" or not qcfg.reparam or qcfg.zero_point != "round":
         raise LoweringError("lowering needs a RepQ-ViT model calibrated with reparam and zero_point='round' "
                             f"(got method={qcfg.method}, reparam={qcfg.reparam}, zero_point={qcfg.zero_point})")
-    _check_vit(model)
+    check(model)
     for name, qz in quantizers(model):
         if not qz.inited:
             raise LoweringError(f"{name}: quantizer is not calibrated")
-    stats = calibration_stats(model, calib_images)
-    info = {"family": "vit", "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits, "lower_config": lcfg.__dict__,
+    stats = stats_of(model, calib_images)
+    info = {"family": family, "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits, "lower_config": lcfg.__dict__,
             "residual_absmax": stats["residual_absmax"], **(meta or {})}
-    g = ViTLowering(model, qcfg, stats, lcfg, info).build()
+    g = lowering(model, qcfg, stats, lcfg, info).build()
     validate_graph(g)
     return g
