@@ -26,6 +26,7 @@ from repq_hw.ir.graph import Graph, Node
 from repq_hw.ir.ops import Op
 from repq_hw.ir.validate import IRValidationError, validate_graph
 from repq_hw.kernels import KERNELS
+from repq_hw.kernels.patchify import patchify_ref
 from repq_hw.kernels.windows import patch_merge, window_partition, window_reverse
 
 BACKENDS = ("ref", "fast")
@@ -136,10 +137,7 @@ def run_node(g: Graph, node: Node, args: list[np.ndarray], backend: str) -> np.n
     if op == Op.AVG_POOL:
         return _narrow(node, _kernel("avg_pool", backend)(x, a["rounding"]), out_t)
     if op == Op.PATCHIFY:
-        p = int(a["patch"])
-        c, hh, ww = x.shape[1:]
-        y = x.reshape(B, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 1, 3, 5)  # B, gh, gw, c, ky, kx
-        return np.ascontiguousarray(y.reshape(B, (hh // p) * (ww // p), c * p * p))
+        return patchify_ref(x, int(a["patch"]))
     if op == Op.CONCAT_TOKENS:
         r = _cast(node, "rows", g.const(node, "rows"), x.dtype)
         rows = np.broadcast_to(r[None], (B, *r.shape))

@@ -46,6 +46,7 @@ from repq_hw.kernels import gemm_vnni as G
 from repq_hw.kernels import layernorm as LN
 from repq_hw.kernels import log2_code as L2
 from repq_hw.kernels import lut as LUT
+from repq_hw.kernels import patchify as PATCH
 from repq_hw.kernels import rounding as RQ
 from repq_hw.kernels import softmax as SM
 
@@ -217,6 +218,9 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
             return lambda args: LUT.lookup_fast(args[0], table, lo, out_t.storage)
         if op == Op.ADD:
             return lambda args: ADD.sat_add(args[0], args[1], out_t.min, out_t.max, out_t.storage)
+        if op == Op.PATCHIFY:
+            patch = int(a["patch"])
+            return lambda args: PATCH.patchify_fast(args[0], patch)
         if op == Op.ADD_CONST:
             value = g.const(node, "value")
             return lambda args: ADD.sat_add_tiled(args[0], value, out_t.min, out_t.max, out_t.storage)

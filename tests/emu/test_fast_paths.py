@@ -177,6 +177,22 @@ def test_lookup_fast_and_sat_add():
     assert np.array_equal(F.sat_add(a, b, -32768, 32767, np.int16), np.array([32767, -32768, 11, -4], np.int16))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32])
+@pytest.mark.parametrize("shape, p", [((2, 3, 8, 8), 4), ((3, 1, 6, 10), 2), ((1, 2, 5, 5), 5), ((2, 3, 4, 4), 1)])
+def test_patchify_fast_equals_the_reference(dtype, shape, p):
+    from repq_hw.kernels.patchify import patchify_fast, patchify_ref
+
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(sum(shape) + p).integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    want = patchify_ref(x, p)
+    got = patchify_fast(x, p)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    # the definition itself: column c*p*p + ky*p + kx of row gy*(W/p) + gx is x[c, gy*p + ky, gx*p + kx]
+    b, c, hh, ww = shape
+    i, gy, gx, ch, ky, kx = b - 1, hh // p - 1, 0, c - 1, p - 1, p // 2
+    assert want[i, gy * (ww // p) + gx, ch * p * p + ky * p + kx] == x[i, ch, gy * p + ky, gx * p + kx]
+
+
 @pytest.mark.parametrize("tiles", [1, 3, 8])
 def test_sat_add_tiled_equals_the_executor(tiles):
     """add_const's fast kernel against the executor's numpy definition (run_node), saturating at int32 and
