@@ -509,31 +509,47 @@ class Runner:
         """Forget a configuration's broadcast graph (the workers drop it once no task needs it)."""
         self._payloads.pop(g.hash(), None)
 
-    def _gather(self, submit: Callable[[], list], n_shards: int, desc: str, merge: Callable) -> None:
-        """Wait for ``n_shards`` futures (in completion order), hand each (start, result) to ``merge``."""
+    def _gather(self, submit: Callable[[], list], starts: list[int], desc: str,
+                on_shard: Callable[[int], None] | None = None) -> dict:
+        """Wait for one future per shard start (in completion order) and return {start: result}, keeping the
+        first result of a shard (a retried task that also finished is counted once); ``on_shard`` is called
+        with the number of shards merged so far. Every start must have a result."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_shards, desc=desc, unit="shard", disable=not self.cfg.progress, leave=False)
+        parts: dict = {}
+
+        def merge(start, res):
+            if start in parts:
+                return
+            parts[start] = res
+            if on_shard is not None:
+                on_shard(len(parts))
+
+        bar = tqdm(total=len(starts), desc=desc, unit="shard", disable=not self.cfg.progress, leave=False)
         try:
             if self.client is None:
                 for start, res in submit():
                     merge(start, res)
                     bar.update(1)
-                return
-            from distributed import as_completed
+            else:
+                from distributed import as_completed
 
-            futures = submit()
-            try:
-                for fut in as_completed(futures):
-                    start, res = fut.result()  # re-raises the task's own exception
-                    merge(start, res)
-                    bar.update(1)
-                    fut.release()
-            except BaseException:
-                self.client.cancel(futures)
-                raise
+                futures = submit()
+                try:
+                    for fut in as_completed(futures):
+                        start, res = fut.result()  # re-raises the task's own exception
+                        merge(start, res)
+                        bar.update(1)
+                        fut.release()
+                except BaseException:
+                    self.client.cancel(futures)
+                    raise
         finally:
             bar.close()
+        missing = [st for st in starts if st not in parts]
+        if missing:
+            raise RuntimeError(f"shards starting at {missing[:5]} returned no result")
+        return parts
 
     def emulate(self, g, codes: np.ndarray, backend: str = "fast", keep: Sequence[str] | None = None,
                 desc: str = "emulate",
@@ -554,7 +570,6 @@ class Runner:
         keep_t = tuple(keep) if keep is not None else None
         bounds = shard_bounds(len(codes), self.cfg.shard_size)
         payload = self._payload(g)
-        parts: dict[int, dict[str, np.ndarray]] = {}
 
         def submit():
             if self.client is None:
@@ -563,15 +578,8 @@ class Runner:
             return [self.client.submit(emulate_shard, payload, s, codes[s:e], backend, keep_t, pure=False)
                     for s, e in bounds]
 
-        def merge(start, res):
-            if start in parts:  # a retried task that also finished: one result per shard
-                return
-            parts[start] = res
-            if on_shard is not None:
-                on_shard(len(parts))
-
-        self._gather(submit, len(bounds), desc, merge)
-        return merge_parts(parts, [s for s, _ in bounds])
+        starts = [s for s, _ in bounds]
+        return merge_parts(self._gather(submit, starts, desc, on_shard), starts)
 
     def emulate_into(self, g, codes: np.ndarray, shard_dir: str | Path, keep: Sequence[str], backend: str = "fast",
                      desc: str = "golden shards",
@@ -594,7 +602,6 @@ class Runner:
                                  "must be on a file system every worker shares, mounted at the same path")
         bounds = shard_bounds(len(codes), self.cfg.shard_size)
         payload = self._payload(g)
-        dirs: dict[int, str] = {}
 
         def submit():
             if self.client is None:
@@ -602,18 +609,9 @@ class Runner:
             return [self.client.submit(emulate_shard_to_dir, payload, s, codes[s:e], backend, keep_t, str(root),
                                        pure=False) for s, e in bounds]
 
-        def merge(start, path):
-            if start in dirs:  # a retried task that also finished: one directory per shard
-                return
-            dirs[start] = path
-            if on_shard is not None:
-                on_shard(len(dirs))
-
-        self._gather(submit, len(bounds), desc, merge)
-        missing = [s for s, _ in bounds if s not in dirs]
-        if missing:
-            raise RuntimeError(f"golden shards starting at {missing[:5]} wrote no result")
-        return ShardedTensors([dirs[s] for s, _ in bounds], keep_t)
+        starts = [s for s, _ in bounds]
+        dirs = self._gather(submit, starts, desc, on_shard)
+        return ShardedTensors([dirs[s] for s in starts], keep_t)
 
     def torch_logits(self, model, batches: Sequence, desc: str = "eval") -> list:
         """The logits of each (images, labels) batch through ``model`` (float or fake-quant), in batch order.
@@ -624,7 +622,6 @@ class Runner:
             raise ValueError("evaluation data is empty")
         first = batches[0].labels if isinstance(batches[0], FolderBatch) else batches[0][1]
         bounds = shard_bounds(len(batches), max(1, self.cfg.shard_size // max(1, len(first))))
-        parts: dict[int, list] = {}
         import torch
 
         threads = torch.get_num_threads()
@@ -636,12 +633,11 @@ class Runner:
             return [self.client.submit(torch_shard, mfut, s, batches[s:e], threads, pure=False)
                     for s, e in bounds]
 
-        self._gather(submit, len(bounds), desc, lambda s, r: parts.setdefault(s, r))
+        parts = self._gather(submit, [s for s, _ in bounds], desc)
         out = []
         for s, _ in bounds:
             out.extend(parts[s])
         return out
-
 
     def ladder(self, models: tuple, g, batches: Sequence, backend: str = "fast",
                desc: str = "ladder") -> dict:
@@ -653,7 +649,6 @@ class Runner:
         threads = torch.get_num_threads()
         bounds = shard_bounds(len(batches), max(1, self.cfg.shard_size // max(1, len(batches[0].labels))))
         payload = self._payload(g)
-        parts: dict[int, dict] = {}
 
         def submit():
             if self.client is None:
@@ -662,8 +657,8 @@ class Runner:
             return [self.client.submit(ladder_shard, mfut, payload, s, batches[s:e], threads, backend,
                                        pure=False) for s, e in bounds]
 
-        self._gather(submit, len(bounds), desc, lambda s, r: parts.setdefault(s, r))
         starts = [s for s, _ in bounds]
+        parts = self._gather(submit, starts, desc)
         out = {k: [lg for s in starts for lg in parts[s][k]] for k in ("float", "fq", "fq_inf")}
         out["int"] = np.concatenate([parts[s]["int"] for s in starts])
         return out

@@ -177,9 +177,7 @@ def _make_step(g: Graph, node: Node) -> Callable | None:
 
             return bmm
         if op == Op.REQUANT:
-            off = g.const(node, "offset") if "offset" in node.consts else 0
-            rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(node, "multiplier"), g.const(node, "shift"), off,
-                                      int(a["zero_point"]), out_t.min, out_t.max, a["rounding"])
+            rc = _requant_consts(g, node)
             if rc is None:
                 return None
             return lambda args: RQ.requant_fast(args[0], rc, out_t.storage)
@@ -352,10 +350,7 @@ def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node
         return None
     rcs = []
     for rq in rqs:
-        out_t = g.tensors[rq.outputs[0]].type
-        off = g.const(rq, "offset") if "offset" in rq.consts else 0
-        rc = RQ.RequantConsts.make(w, g.const(rq, "multiplier"), g.const(rq, "shift"), off,
-                                   int(rq.attrs["zero_point"]), out_t.min, out_t.max, rq.attrs["rounding"])
+        rc = _requant_consts(g, rq, w)
         if rc is None:
             return None
         rcs.append(rc)
@@ -388,15 +383,21 @@ def _softmax_log2(g: Graph, sm: Node, lg: Node) -> Callable | None:
     return step
 
 
+def _requant_consts(g: Graph, rq: Node, channels: int | None = None):
+    """``RequantConsts`` of a REQUANT node (over its input's last axis, or ``channels``), saturating to its
+    output type; None where the fast kernel's preconditions fail."""
+    in_t, out_t = g.tensors[rq.inputs[0]].type, g.tensors[rq.outputs[0]].type
+    off = g.const(rq, "offset") if "offset" in rq.consts else 0
+    return RQ.RequantConsts.make(in_t.shape[-1] if channels is None else channels, g.const(rq, "multiplier"),
+                                 g.const(rq, "shift"), off, int(rq.attrs["zero_point"]), out_t.min, out_t.max,
+                                 rq.attrs["rounding"])
+
+
 def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | None:
     if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
         return None
-    in_t = g.tensors[rq.inputs[0]].type
-    mid_t = g.tensors[rq.outputs[0]].type
     out_t = g.tensors[lut.outputs[0]].type
-    off = g.const(rq, "offset") if "offset" in rq.consts else 0
-    rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(rq, "multiplier"), g.const(rq, "shift"), off,
-                               int(rq.attrs["zero_point"]), mid_t.min, mid_t.max, rq.attrs["rounding"])
+    rc = _requant_consts(g, rq)
     if rc is None:
         return None
     table, lo, pk = g.const(lut, "table"), int(lut.attrs["in_min"]), gemm_step.pk
@@ -413,11 +414,8 @@ def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | No
 def _gemm_requant(g: Graph, gemm_step, rq: Node) -> Callable | None:
     if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
         return None
-    in_t = g.tensors[rq.inputs[0]].type
     out_t = g.tensors[rq.outputs[0]].type
-    off = g.const(rq, "offset") if "offset" in rq.consts else 0
-    rc = RQ.RequantConsts.make(in_t.shape[-1], g.const(rq, "multiplier"), g.const(rq, "shift"), off,
-                              int(rq.attrs["zero_point"]), out_t.min, out_t.max, rq.attrs["rounding"])
+    rc = _requant_consts(g, rq)
     if rc is None:
         return None
     pk = gemm_step.pk

@@ -354,15 +354,11 @@ def _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_
                 orow[m0 + rr, t] = ev + rounding_rshift_bf(od * r, q, half_q, mode)
 
 
-def _vnni_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """The u8 planes of the vnni path, fixed by F and Z: (largest live code they represent ``cm``, block
-    parities, block powers of two, 64-entry byte tables per block: table[c] = 2^(exponent of c - shl)
-    where code c is live, of the block's parity and in its plane, else 0).
-
-    Codes 0 .. cm with cm = min(2F, Z - 1, 62 or 63): every valid code (ceil(c/2) <= F) up to the table
-    size; a table index is ``c & 63``, so where Z >= 64 it aliases entry 63, which is kept 0 (and a live
-    code of 63 or more sends the call to another kernel)."""
-    cm = min(2 * f, z - 1, 62 if z >= 64 else 63)
+def _plane_tables(cm: int, f: int, width: int, entries: int, dtype) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The weight planes of the fast paths for live codes 0 .. cm: the power-of-two weights 2^(F - ceil(c/2)) (the
+    reference's, even and odd codes kept apart) are cut into blocks of ``width`` consecutive exponents. Returns
+    (cm, block parities, block powers of two, ``entries``-entry tables per block: table[c] = 2^(exponent of c -
+    shl) where code c is live, of the block's parity and in its plane, else 0)."""
     par, shl, tabs = [], [], []
     for parity in (0, 1):
         codes = np.arange(parity, cm + 1, 2)
@@ -370,16 +366,25 @@ def _vnni_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarra
             continue
         expo = f - (codes >> 1) - parity  # 2^expo is the reference's weight
         lo = int(expo.min())
-        for p in range((int(expo.max()) - lo) // 8 + 1):
-            t = np.zeros(64, np.uint8)
-            e = expo - lo - 8 * p
-            sel = (e >= 0) & (e <= 7)
-            t[codes[sel]] = np.left_shift(1, e[sel]).astype(np.uint8)
+        for p in range((int(expo.max()) - lo) // width + 1):
+            t = np.zeros(entries, dtype)
+            e = expo - lo - width * p
+            sel = (e >= 0) & (e < width)
+            t[codes[sel]] = np.left_shift(1, e[sel]).astype(dtype)
             par.append(parity)
-            shl.append(lo + 8 * p)
+            shl.append(lo + width * p)
             tabs.append(t)
     return (cm, np.array(par, np.int64), np.array(shl, np.int64),
-            np.concatenate(tabs) if tabs else np.zeros(64, np.uint8))
+            np.concatenate(tabs) if tabs else np.zeros(entries, dtype))
+
+
+def _vnni_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The u8 planes of the vnni path (8 exponents each, 64-entry byte tables for ``vpermb``), fixed by F and Z.
+
+    Codes 0 .. cm with cm = min(2F, Z - 1, 62 or 63): every valid code (ceil(c/2) <= F) up to the table
+    size; a table index is ``c & 63``, so where Z >= 64 it aliases entry 63, which is kept 0 (and a live
+    code of 63 or more sends the call to another kernel)."""
+    return _plane_tables(min(2 * f, z - 1, 62 if z >= 64 else 63), f, 8, 64, np.uint8)
 
 
 @njit(cache=True)
@@ -492,26 +497,9 @@ def _av_vnni(tag, ptag, c, v, z, nblk, bpar, bshl, tbls, zp, r, q, half_q, mode,
 
 
 def _i16_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """The int16 planes of the i16 path (W = 15 exponents each), fixed by F and Z: (largest live code ``cm``,
-    block parities, block powers of two, 256-entry int32 tables per block indexed by the code)."""
-    cm = min(2 * f, z - 1)
-    par, shl, tabs = [], [], []
-    for parity in (0, 1):
-        codes = np.arange(parity, cm + 1, 2)
-        if codes.size == 0:
-            continue
-        expo = f - (codes >> 1) - parity
-        lo = int(expo.min())
-        for p in range((int(expo.max()) - lo) // 15 + 1):
-            t = np.zeros(256, np.int32)
-            e = expo - lo - 15 * p
-            sel = (e >= 0) & (e <= 14)
-            t[codes[sel]] = np.left_shift(1, e[sel]).astype(np.int32)
-            par.append(parity)
-            shl.append(lo + 15 * p)
-            tabs.append(t)
-    return (cm, np.array(par, np.int64), np.array(shl, np.int64),
-            np.concatenate(tabs) if tabs else np.zeros(256, np.int32))
+    """The int16 planes of the i16 path (15 exponents each, 256-entry int32 tables indexed by the code), fixed
+    by F and Z."""
+    return _plane_tables(min(2 * f, z - 1), f, 15, 256, np.int32)
 
 
 @njit(cache=True)

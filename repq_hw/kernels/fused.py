@@ -84,27 +84,36 @@ def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
-def _gemm_vnni_requant(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, sm, off, zp, lo,
-                       hi, e1, e2, out):
-    mb = (m + 7) // 8
-    for t in prange(mb):
-        r0 = 8 * t
-        rows = min(8, m - r0)
-        acc = np.empty(8 * n, np.int32)
-        a_blk = a[r0 * lda:]
-        rs_blk = rowsum[r0:]
-        for p in range(npan):
-            _tile_vnni(tag, a_blk, lda, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, acc, n, n)
-        acc2 = acc.reshape(8, n)
-        out_blk = out[r0:r0 + rows]
-        for rr in range(rows):
-            _requant_row(acc2, rr, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out_blk)
+@njit(cache=True, inline="always")
+def _block_products(tag, a, lda, r0, rows, bp, kqn, npan, cst, ev, rowsum, use_rs, n):
+    """The int32 products of the 8-row block starting at row r0 (``rows`` <= 8 of them live): [8, n]."""
+    acc = np.empty(8 * n, np.int32)
+    a_blk = a[r0 * lda:]
+    rs_blk = rowsum[r0:]
+    for p in range(npan):
+        _tile_vnni(tag, a_blk, lda, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, acc, n, n)
+    return acc.reshape(8, n)
+
+
+def _vnni_operands(x: np.ndarray, pk, width: int):
+    """(uint8 activations padded for the vnni tiles, their row stride, row sums) for a ``vnni`` packing; None
+    where the chain's preconditions fail (another path, another shape, codes above the packing's a_max)."""
+    if pk.path != "vnni" or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k:
+        return None
+    m = x.shape[0]
+    if m == 0 or width == 0 or pk.n == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
+        return None
+    a8, kp = _a_u8(x, 4)
+    rowsum = np.zeros(m, dtype=np.int32)
+    if pk.use_rowsum:
+        _rowsum_u8(a8, m, kp, pk.k, rowsum)
+    return a8, kp, rowsum
 
 
 def gemm_requant(x: np.ndarray, pk, rc, out_dtype) -> np.ndarray | None:
     """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a ``vnni`` packing;
-    None otherwise or when a precondition fails (the caller runs the two nodes unfused).
+    None otherwise or when a precondition fails (the caller runs the two nodes unfused). The one-slice case of
+    :func:`gemm_requant_slices`.
 
     Args:
         x: uint8 activations ``[M, K]``.
@@ -112,19 +121,8 @@ def gemm_requant(x: np.ndarray, pk, rc, out_dtype) -> np.ndarray | None:
         rc: ``rounding.RequantConsts`` of the requantize node.
         out_dtype: the requantize output's storage dtype.
     """
-    if pk.path != "vnni" or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k or rc.c != pk.n:
-        return None
-    m = x.shape[0]
-    if m == 0 or pk.n == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
-        return None
-    a8, kp = _a_u8(x, 4)
-    rowsum = np.zeros(m, dtype=np.int32)
-    if pk.use_rowsum:
-        _rowsum_u8(a8, m, kp, pk.k, rowsum)
-    out = np.empty((m, pk.n), dtype=out_dtype)
-    _gemm_vnni_requant(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum,
-                       pk.n, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2, out)
-    return out
+    got = _requant_slices(x, pk, [0], pk.n, [rc], out_dtype)
+    return None if got is None else got[0]
 
 
 @njit(cache=True, parallel=True)
@@ -134,12 +132,7 @@ def _gemm_vnni_requant_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, us
     for t in prange(mb):
         r0 = 8 * t
         rows = min(8, m - r0)
-        acc = np.empty(8 * n, np.int32)
-        a_blk = a[r0 * lda:]
-        rs_blk = rowsum[r0:]
-        for p in range(npan):
-            _tile_vnni(tag, a_blk, lda, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, acc, n, n)
-        acc2 = acc.reshape(8, n)
+        acc2 = _block_products(tag, a, lda, r0, rows, bp, kqn, npan, cst, ev, rowsum, use_rs, n)
         for si in range(starts.shape[0]):
             accs = acc2[:, starts[si]:starts[si] + w]
             out_blk = out[si, r0:r0 + rows]
@@ -153,16 +146,18 @@ def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: l
     """``[requant_fast(gemm_packed(x, pk)[:, s:s+width], rc) for s, rc in zip(starts, rcs)]`` (e.g. the q, k, v
     slices of the qkv projection) without storing the int32 products, for a ``vnni`` packing; None otherwise.
     """
-    if (pk.path != "vnni" or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k or not rcs
-            or any(rc.c != width for rc in rcs)):
+    return _requant_slices(x, pk, starts, width, rcs, out_dtype)
+
+
+def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype
+                    ) -> list[np.ndarray] | None:
+    if not rcs or any(rc.c != width for rc in rcs):
         return None
+    ops = _vnni_operands(x, pk, width)
+    if ops is None:
+        return None
+    a8, kp, rowsum = ops
     m = x.shape[0]
-    if m == 0 or width == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
-        return None
-    a8, kp = _a_u8(x, 4)
-    rowsum = np.zeros(m, dtype=np.int32)
-    if pk.use_rowsum:
-        _rowsum_u8(a8, m, kp, pk.k, rowsum)
     ns = len(rcs)
     out = np.empty((ns, m, width), dtype=out_dtype)
 
@@ -187,13 +182,8 @@ def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_r
     for t in prange(mb):
         r0 = 8 * t
         rows = min(8, m - r0)
-        acc = np.empty(8 * n, np.int32)
         q = np.empty((8, n), np.int64)
-        a_blk = a[r0 * lda:]
-        rs_blk = rowsum[r0:]
-        for p in range(npan):
-            _tile_vnni(tag, a_blk, lda, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, acc, n, n)
-        acc2 = acc.reshape(8, n)
+        acc2 = _block_products(tag, a, lda, r0, rows, bp, kqn, npan, cst, ev, rowsum, use_rs, n)
         miss = 0
         for rr in range(rows):
             _requant_row(acc2, rr, mult, sh, h, sm, off, zp, lo, hi, e1, e2, q)
@@ -211,19 +201,17 @@ def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_
     -> GELU table) without storing the int32 products or the requantized codes, for a ``vnni`` packing;
     None otherwise, when the table does not fit ``out_dtype`` or an index falls outside it (the caller then
     runs the nodes unfused, which raises the reference's error)."""
-    if pk.path != "vnni" or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k or rc.c != pk.n:
+    if rc.c != pk.n:
         return None
     info = np.iinfo(out_dtype)
     t = np.asarray(table)
     if t.size == 0 or t.dtype.kind not in "iu" or int(t.min()) < info.min or int(t.max()) > info.max:
         return None
-    m = x.shape[0]
-    if m == 0 or pk.n == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
+    ops = _vnni_operands(x, pk, pk.n)
+    if ops is None:
         return None
-    a8, kp = _a_u8(x, 4)
-    rowsum = np.zeros(m, dtype=np.int32)
-    if pk.use_rowsum:
-        _rowsum_u8(a8, m, kp, pk.k, rowsum)
+    a8, kp, rowsum = ops
+    m = x.shape[0]
     out = np.empty((m, pk.n), dtype=out_dtype)
     bad = np.zeros(1, dtype=np.uint8)
     _gemm_vnni_requant_lut(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum,
