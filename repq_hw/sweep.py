@@ -72,7 +72,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     text = p.read_bytes()
     try:
         if p.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+                import tomli as tomllib
 
             doc = tomllib.loads(text.decode())
         elif p.suffix in (".yaml", ".yml"):
