@@ -368,6 +368,7 @@ class Runner:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._interrupt_reached_us()
         self.close()
 
     @property
@@ -446,12 +447,17 @@ class Runner:
         if self._pending_signal is not None and not self._closing and self.client is not None:
             os.kill(os.getpid(), self._pending_signal)
 
-    def close(self) -> None:
-        """Shut the local cluster down (its worker processes included); disconnect from a remote one."""
-        self._closing, self._pending_signal = True, None
+    def _interrupt_reached_us(self) -> None:
+        """The KeyboardInterrupt of a signal reached this module's code (it was not swallowed): no resend."""
+        self._pending_signal = None
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+
+    def close(self) -> None:
+        """Shut the local cluster down (its worker processes included); disconnect from a remote one."""
+        self._closing = True
+        self._interrupt_reached_us()
+        self._timer = None
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         self._payloads.clear()
         for s in self._old_handlers:  # a second Ctrl-C must not cut the shutdown short
@@ -542,6 +548,7 @@ class Runner:
                         bar.update(1)
                         fut.release()
                 except BaseException:
+                    self._interrupt_reached_us()
                     self.client.cancel(futures)
                     raise
         finally:
