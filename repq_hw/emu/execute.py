@@ -205,7 +205,20 @@ def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(g, Graph):
         raise InputTypeError(f"expected a repq_hw Graph, got {type(g).__name__}")
-    validate_graph(g, deep=False)
+    plan = None
+    if backend == "fast":
+        from repq_hw.emu import fast
+
+        if fast.ENABLED:
+            try:
+                plan = fast.prepare(g)
+            except Exception:
+                validate_graph(g, deep=False)  # a malformed graph: report it as the validator words it
+                raise
+    if plan is None or not plan.validated:
+        validate_graph(g, deep=False)  # the fast plan's key covers all it reads: once per plan
+        if plan is not None:
+            plan.validated = True
     if not isinstance(inputs, (dict, np.ndarray)):
         if len(g.inputs) == 1:
             _check_input(g, g.inputs[0], inputs)  # raises, naming the input and what it expects
@@ -229,14 +242,7 @@ def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str
     for i, node in enumerate(g.nodes):
         for t in node.inputs:
             last_use[t] = i
-    plan = None
-    fuse = False
-    if backend == "fast":
-        from repq_hw.emu import fast
-
-        if fast.ENABLED:
-            plan = fast.prepare(g)
-            fuse = fast.FUSE and not keep_all  # a fused chain's intermediate tensor is never stored
+    fuse = plan is not None and fast.FUSE and not keep_all  # a fused chain's intermediate is never stored
     chained: dict[int, np.ndarray] = {}  # node index -> its output, computed by a chain that started earlier
     inside: set[int] = set()  # nodes inside a chain that ran: nothing to compute
     for i, node in enumerate(g.nodes):
@@ -244,7 +250,10 @@ def run_graph(g: Graph, inputs: dict[str, np.ndarray] | np.ndarray, backend: str
         if y is None and i not in inside:
             args = [env[t] for t in node.inputs]
             chain = plan.fusion(i) if fuse else None
-            yc = chain[1](args) if chain is not None else None  # None: run the chain's nodes unfused
+            if chain is not None:  # None from the step: run the chain's nodes unfused
+                yc = chain[1](args + [env[t] for t in getattr(chain[1], "extra_inputs", ())])
+            else:
+                yc = None
             if yc is not None:
                 chained.update(zip(chain[0], yc))  # the chain's outputs, stored when their nodes come
                 inside.update(chain[2])

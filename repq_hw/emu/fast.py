@@ -10,7 +10,8 @@
   softmax_fast``, ``kernels.log2_code.log2_code_table``, ``kernels.lut.lookup_fast``, ``kernels.add.sat_add``,
   ``kernels.attn_v_shift.attn_v_shift_fast``), with their constants checked once (overflow cannot happen,
   tables built from the reference by exhaustion);
-* fused chains (``kernels.fused``: softmax -> log2_code, GEMM -> requantize on the vnni path) where the
+* fused chains (``kernels.fused``: softmax -> log2_code, GEMM -> requantize on the vnni path, q/k/v slices
+  -> requantize -> split heads, attention x V -> merge heads -> requantize) where the
   caller asks for no intermediate tensor (not ``keep_all``; ``FUSE = False`` switches them off):
   :meth:`Plan.fusion`;
 * anything else, and any node whose precondition fails, runs ``execute.run_node`` (the plain Numba
@@ -68,6 +69,7 @@ class Plan:
 
     def __init__(self, g: Graph, lazy: bool = True, key: tuple | None = None):
         self.key = _key(g) if key is None else key
+        self.validated = False  # set by run_graph once validate_graph(deep=False) passed under this key
         self._g = g
         self._steps: list = [_UNBUILT] * len(g.nodes)
         self._fusions: dict | None = None
@@ -96,8 +98,8 @@ class Plan:
 
     def fusion(self, i: int) -> tuple[tuple[int, ...], Callable, tuple[int, ...]] | None:
         """``(ends, step, between)`` when node i starts a fused chain (``kernels.fused``) whose results are
-        the outputs of the nodes ``ends``: ``step(args of node i)`` returns them (a tuple, or None: run the
-        nodes unfused), and the nodes ``between`` are not run.  Only for a caller that asked for no
+        the outputs of the nodes ``ends``: ``step(args of node i + the tensors step.extra_inputs names)``
+        returns them (a tuple, or None: run the nodes unfused), and the nodes ``between`` are not run.  Only for a caller that asked for no
         intermediate tensor (``run_graph`` checks ``FUSE`` and ``keep_all``)."""
         if self._fusions is None:
             self._fusions = _find_fusions(self._g, self)
@@ -112,12 +114,16 @@ def _json_default(o):
 
 
 def _key(g: Graph) -> tuple:
-    """What a plan depends on: the forced GEMM path, the structure (nodes and tensor types) and the content
-    of every constant.  Computed on every ``prepare``: a plan can never be stale."""
+    """What a plan depends on: the forced GEMM path, the structure (nodes, tensor names and types, graph
+    inputs and outputs, constant types) and the content of every constant.  Computed on every ``prepare``:
+    a plan can never be stale.  It covers everything ``validate_graph(deep=False)`` reads, so a plan also
+    records that its graph passed that validation (:attr:`Plan.validated`)."""
     h = hashlib.sha256()
-    nodes = [[n.name, getattr(n.op, "value", n.op), n.inputs, n.outputs, n.attrs, n.consts] for n in g.nodes]
-    types = [[k, t.type.name, t.type.shape] for k, t in g.tensors.items()]
-    h.update(json.dumps([nodes, types], sort_keys=True, default=_json_default).encode())
+    nodes = [[n.name, type(n.op).__name__, getattr(n.op, "value", n.op), n.inputs, n.outputs, n.attrs, n.consts]
+             for n in g.nodes]
+    types = [[k, getattr(t, "name", None), repr(getattr(t, "type", t))] for k, t in g.tensors.items()]
+    graph = [g.inputs, g.outputs, sorted((k, repr(t)) for k, t in g.const_types.items())]
+    h.update(json.dumps([nodes, types, graph], sort_keys=True, default=_json_default).encode())
     consts = tuple((k, a.dtype.str, a.shape, zlib.crc32(np.ascontiguousarray(a)))
                    for k, a in sorted(g.constants.items()))
     return (G.FORCE_PATH, h.hexdigest(), consts)
@@ -279,10 +285,13 @@ def _find_fusions(g: Graph, plan: Plan) -> dict[int, tuple[tuple[int, ...], Call
         if node.op == Op.GEMM:
             sl = _slices_requant(g, consumers, i)
             if sl is not None:
-                step = _gemm_requant_slices(g, plan.step(i), [g.nodes[r] for r in sl[1]], [g.nodes[q] for q in sl[0]])
+                slices, rqs, splits = sl
+                step = _gemm_requant_slices(g, plan.step(i), [g.nodes[r] for r in rqs], [g.nodes[q] for q in slices],
+                                            [g.nodes[q] for q in splits])
                 if step is not None:
-                    out[i] = (tuple(sl[1]), step, tuple(sl[0]))
-                    taken.update(sl[0] + sl[1])
+                    ends, between = (splits, slices + rqs) if splits else (rqs, slices)
+                    out[i] = (tuple(ends), step, tuple(between))
+                    taken.update(slices + rqs + splits)
                     continue
         j = sole_next(i)
         if j is None:
@@ -291,7 +300,23 @@ def _find_fusions(g: Graph, plan: Plan) -> dict[int, tuple[tuple[int, ...], Call
         try:
             if node.op == Op.SOFTMAX and nxt.op == Op.LOG2_CODE:
                 step = _softmax_log2(g, node, nxt)
+            elif node.op == Op.ATTN_V and nxt.op == Op.MERGE_HEADS:
+                j2 = sole_next(j)
+                if j2 is None or g.nodes[j2].op != Op.REQUANT:
+                    continue
+                step = _attn_v_merge_requant(g, plan.step(i), nxt, g.nodes[j2])
+                if step is not None:
+                    out[i] = ((j2,), _one(step), (j,))
+                    taken.update((j, j2))
+                continue
             elif node.op == Op.GEMM and nxt.op == Op.REQUANT:
+                ad = _residual_add(g, consumers, i, j)
+                if ad is not None:
+                    step = _gemm_requant_add(g, plan.step(i), nxt, g.nodes[ad[0]], ad[1])
+                    if step is not None:
+                        out[i] = ((ad[0],), _one(step), (j,))
+                        taken.update((j, ad[0]))
+                        continue
                 j2 = sole_next(j)
                 if j2 is not None and g.nodes[j2].op == Op.LUT:
                     step = _gemm_requant_lut(g, plan.step(i), nxt, g.nodes[j2])
@@ -315,12 +340,33 @@ def _one(step: Callable) -> Callable:
         y = step(args)
         return None if y is None else (y,)
 
+    run.extra_inputs = getattr(step, "extra_inputs", ())
     return run
 
 
-def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int) -> tuple[list[int], list[int]] | None:
-    """(slice nodes, requantize nodes) when every consumer of node i's output is a SLICE whose only consumer
-    is a REQUANT (no graph outputs among them), else None."""
+def _residual_add(g: Graph, consumers: dict[str, list[int]], i: int, j: int) -> tuple[int, str] | None:
+    """(the ADD node, its other input) when node j's output (the requantized GEMM i) has one consumer, an ADD
+    of it and a tensor that exists before node i runs (the residual stream); else None."""
+    t = g.nodes[j].outputs[0]
+    cs = consumers.get(t, [])
+    if len(cs) != 1 or t in g.outputs or cs[0] <= j:
+        return None
+    ad = g.nodes[cs[0]]
+    if ad.op != Op.ADD or len(ad.inputs) != 2 or ad.inputs.count(t) != 1:
+        return None
+    other = ad.inputs[1] if ad.inputs[0] == t else ad.inputs[0]
+    made = next((k for k, n in enumerate(g.nodes) if other in n.outputs), None)
+    if made is None and other not in g.inputs:
+        return None
+    return (cs[0], other) if made is None or made < i else None
+
+
+def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int
+                    ) -> tuple[list[int], list[int], list[int]] | None:
+    """(slice nodes, requantize nodes, split-heads nodes) when every consumer of node i's output is a SLICE
+    whose only consumer is a REQUANT (no graph outputs among them), else None.  The third list holds each
+    requantize's sole consumer when every one is a SPLIT_HEADS with the same attributes (the chain then ends
+    there and writes the heads layout), else it is empty."""
     t = g.nodes[i].outputs[0]
     cs = consumers.get(t, [])
     if len(cs) < 2 or t in g.outputs:
@@ -334,12 +380,29 @@ def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int) -> tuple[
         if len(nx) != 1 or g.nodes[nx[0]].op != Op.REQUANT or g.nodes[nx[0]].inputs != [sn.outputs[0]]:
             return None
         rqs.append(nx[0])
-    return cs, rqs
+    splits = []
+    for r in rqs:
+        o = g.nodes[r].outputs[0]
+        nx = consumers.get(o, [])
+        sp = g.nodes[nx[0]] if len(nx) == 1 else None
+        if (sp is None or sp.op != Op.SPLIT_HEADS or sp.inputs != [o] or o in g.outputs
+                or (splits and sp.attrs != g.nodes[splits[0]].attrs)):
+            return cs, rqs, []
+        splits.append(nx[0])
+    return cs, rqs, splits
 
 
-def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node]) -> Callable | None:
+def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node], splits: list[Node]
+                         ) -> Callable | None:
     if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
         return None
+    heads = None
+    if splits:  # [G*N, H*d] -> [G*H, N, d] as SPLIT_HEADS defines it
+        hh, groups = int(splits[0].attrs["heads"]), int(splits[0].attrs.get("windows", 1))
+        gn = g.tensors[splits[0].inputs[0]].type.shape[0]
+        if hh < 1 or groups < 1 or gn % groups:
+            return None
+        heads = (hh, groups, gn // groups)
     starts = [int(s.attrs["start"]) for s in slices]
     widths = {int(s.attrs["stop"]) - int(s.attrs["start"]) for s in slices}
     dts = {g.tensors[r.outputs[0]].type.storage for r in rqs}
@@ -359,8 +422,10 @@ def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node
     def step(args):
         x = args[0]
         b, m, k = x.shape
-        ys = FU.gemm_requant_slices(np.ascontiguousarray(x).reshape(b * m, k), pk, starts, w, rcs, dt)
-        return None if ys is None else tuple(y.reshape(b, m, w) for y in ys)
+        ys = FU.gemm_requant_slices(np.ascontiguousarray(x).reshape(b * m, k), pk, starts, w, rcs, dt, heads)
+        if ys is None:
+            return None
+        return tuple(ys) if heads is not None else tuple(y.reshape(b, m, w) for y in ys)
 
     return step
 
@@ -408,6 +473,44 @@ def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | No
         y = FU.gemm_requant_lut(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, table, lo, out_t.storage)
         return None if y is None else y.reshape(b, m, -1)
 
+    return step
+
+
+def _attn_v_merge_requant(g: Graph, av_step, merge: Node, rq: Node) -> Callable | None:
+    if av_step is None:
+        return None
+    out_t = g.tensors[rq.outputs[0]].type
+    rc = _requant_consts(g, rq)
+    groups = int(merge.attrs.get("windows", 1))
+    if rc is None or groups < 1:
+        return None
+
+    def step(args):
+        y = av_step(args)
+        return None if y is None else FU.merge_heads_requant(y, groups, rc, out_t.storage)
+
+    return step
+
+
+def _gemm_requant_add(g: Graph, gemm_step, rq: Node, add: Node, residual: str) -> Callable | None:
+    """GEMM -> requantize -> ADD with ``residual``: the step takes the GEMM's input and then the residual
+    (``extra_inputs``, appended by ``run_graph``)."""
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+        return None
+    rc = _requant_consts(g, rq)
+    out_t = g.tensors[add.outputs[0]].type
+    if rc is None or out_t.min < -(1 << 31) or out_t.max > (1 << 31) - 1:
+        return None
+    pk = gemm_step.pk
+
+    def step(args):
+        x, res = args
+        b, m, k = x.shape
+        y = FU.gemm_requant_add(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, res.reshape(b * m, -1),
+                                out_t.min, out_t.max, out_t.storage)
+        return None if y is None else y.reshape(b, m, -1)
+
+    step.extra_inputs = (residual,)
     return step
 
 

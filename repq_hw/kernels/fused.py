@@ -20,7 +20,14 @@ chain                       composes                                    intermed
                             (``lut.lookup_fast``'s indexing): fc1 ->    requantized codes
                             GELU-input requantize -> GELU
 ``gemm_requant_slices``     the same, requantizing several column       the int32 GEMM products and the
-                            slices (q, k, v) with their own constants   slices
+                            slices (q, k, v) with their own constants,  slices, the requantized codes
+                            each written in split-heads order           before the head split
+``gemm_requant_add``        the GEMM -> requantize block, then the      the int32 products and the
+                            saturating add of the residual stream       requantized codes
+                            (``add.sat_add``'s arithmetic)
+``merge_heads_requant``     attention x V's fast kernel, then the       the int32 [B, N, H*d] merged
+                            requantize row kernel on the gathered       heads
+                            heads (merge heads -> requantize)
 ==========================  ==========================================  =====================================
 """
 
@@ -31,13 +38,16 @@ from numba import njit, prange
 
 from .gemm_vnni import _a_u8, _rowsum_u8, _tag, _tile_vnni
 from .rounding import _requant_row
-from .softmax import softmax_fast_consts, softmax_fast_row
+from .softmax import softmax_exp_row32, softmax_fast2_consts, softmax_fast_consts, softmax_fast_row
 
-__all__ = ["gemm_requant", "gemm_requant_lut", "gemm_requant_slices", "softmax_log2_code"]
+__all__ = ["gemm_requant", "gemm_requant_add", "gemm_requant_lut", "gemm_requant_slices", "merge_heads_requant",
+           "softmax_log2_code"]
 
 
 @njit(cache=True, parallel=True)
-def _softmax_log2_rows(x, m, s, half_s, f, p, lut, mode, table, out, bad):
+def _softmax_log2_rows_legacy(x, m, s, half_s, f, p, lut, mode, table, out, bad):
+    """The previous fused kernel (int64 lanes, float64 division, table lookup per element): the fallback
+    where :func:`softmax_fast2_consts` or the change-point form does not apply, and the benchmark's baseline."""
     rows, n = x.shape
     nt = table.shape[0]
     chunk = 64
@@ -55,8 +65,111 @@ def _softmax_log2_rows(x, m, s, half_s, f, p, lut, mode, table, out, bad):
                 bad[0] = 1
 
 
+_CP_MAX = 64  # most change points of the code table the compare form takes (else: legacy kernel)
+
+
+@njit(cache=True, inline="always")
+def _code_row(erow, tot, p, mode, dpts, w, base, g, acc, out, i):
+    """codes of one row from its e_j (``erow``, int32, pad lanes 0) and S = ``tot``, without P_j:
+    code(P) = base + sum_k w_k [P >= d_k] over the table's change points d_k in [1, 2^P], and since
+    round_div(e * 2^P, S) is non-decreasing in e, P_j >= d  <=>  e_j >= G(d) with
+      floor:               G = ceil(d*S / 2^P)
+      half_up, half_away:  G = ceil((2d-1)*S / 2^(P+1))            (num >= 0: ties go up)
+      half_even:           G = ceil(X / 2^(P+1)) if d even, floor(X / 2^(P+1)) + 1 if d odd, X = (2d-1)*S
+    ((2d-1)*S <= 2^(P+1) * N * 2^E < 2^62: consts).  Pad change points have d = 2^P + 1, w = 0."""
+    n = out.shape[1]
+    nd = dpts.shape[0]
+    for k in range(nd):
+        d = dpts[k]
+        if mode == 3:
+            gk = (d * tot + (np.int64(1) << p) - 1) >> p
+        elif mode == 1:
+            xx = (2 * d - 1) * tot
+            gk = ((xx + (np.int64(1) << (p + 1)) - 1) >> (p + 1)) if (d & 1) == 0 else (xx >> (p + 1)) + 1
+        else:
+            gk = ((2 * d - 1) * tot + (np.int64(1) << (p + 1)) - 1) >> (p + 1)
+        g[k] = np.int32(min(gk, np.int64(0x7FFFFFFF)))  # e <= 2^E < 2^31: a clamped G is never reached
+    for j in range(acc.shape[0]):
+        acc[j] = np.int32(base)
+    for k in range(0, nd, 4):  # nd is a multiple of 4
+        g0, g1, g2, g3 = g[k], g[k + 1], g[k + 2], g[k + 3]
+        w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
+        for j in range(erow.shape[0]):
+            ej = erow[j]
+            acc[j] += ((w0 & -np.int32(ej >= g0)) + (w1 & -np.int32(ej >= g1)) + (w2 & -np.int32(ej >= g2))
+                       + (w3 & -np.int32(ej >= g3)))
+    for j in range(n):
+        out[i, j] = acc[j]
+
+
+@njit(cache=True, inline="always")
+def _softmax_log2_row(x, i, m, s, c, dlim, ub, f, p, lut, mode, vec, dpts, w, base, fidx, nsh, v, erow, g,
+                      acc, out):
+    tot = softmax_exp_row32(x, i, m, s, c, dlim, ub, f, lut, mode, vec, fidx, nsh, v, erow)
+    _code_row(erow, tot, p, mode, dpts, w, base, g, acc, out, i)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_log2_rows(x, m, s, c, dlim, ub, f, p, lut, mode, vec, dpts, w, base, out):
+    """The fused chain, int32 lanes (softmax.softmax_exp_row32 then :func:`_code_row`); the rounding mode
+    is dispatched once so that each row loop is compiled for a constant mode."""
+    rows, n = x.shape
+    n16 = (n + 15) // 16 * 16
+    chunk = 32
+    for ch in prange((rows + chunk - 1) // chunk):
+        fidx = np.zeros(n16, np.int32)
+        nsh = np.full(n16, 31, np.int32)  # pad lanes: e = LUT[0] >> 31 = 0 (E <= 29)
+        v = np.zeros(n16, np.int32)
+        erow = np.zeros(n16, np.int32)
+        acc = np.zeros(n16, np.int32)
+        g = np.zeros(dpts.shape[0], np.int32)
+        for i in range(ch * chunk, min(rows, (ch + 1) * chunk)):
+            if mode == 0:
+                _softmax_log2_row(x, i, m, s, c, dlim, ub, f, p, lut, 0, vec, dpts, w, base, fidx, nsh, v, erow, g,
+                                  acc, out)
+            elif mode == 1:
+                _softmax_log2_row(x, i, m, s, c, dlim, ub, f, p, lut, 1, vec, dpts, w, base, fidx, nsh, v, erow, g,
+                                  acc, out)
+            elif mode == 2:
+                _softmax_log2_row(x, i, m, s, c, dlim, ub, f, p, lut, 2, vec, dpts, w, base, fidx, nsh, v, erow, g,
+                                  acc, out)
+            else:
+                _softmax_log2_row(x, i, m, s, c, dlim, ub, f, p, lut, 3, vec, dpts, w, base, fidx, nsh, v, erow, g,
+                                  acc, out)
+
+
+_CP_CACHE: dict = {}
+
+
+def _change_points(table: np.ndarray, out_dtype, p: int):
+    """(d_k padded to a multiple of 4, w_k int32, base) of ``table.astype(out_dtype)`` over [0, 2^P]:
+    ``t[P] = base + sum_k w_k [P >= d_k]``; None where the form does not apply (the table does not cover
+    [0, 2^P], the codes are wider than 16 bits, or more than _CP_MAX change points).  Cached per table object."""
+    key = (id(table), np.dtype(out_dtype).str, p)
+    hit = _CP_CACHE.get(key)
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    got = None
+    od = np.dtype(out_dtype)
+    if table.ndim == 1 and table.shape[0] > (1 << p) and od.kind in "iu" and od.itemsize <= 2:
+        t = table[:(1 << p) + 1].astype(od).astype(np.int64)
+        d = np.flatnonzero(t[1:] != t[:-1]) + 1
+        if d.size <= _CP_MAX:
+            k = -(-d.size // 4) * 4
+            dp = np.full(max(k, 4), (1 << p) + 1, np.int64)
+            wp = np.zeros(max(k, 4), np.int32)
+            dp[:d.size] = d
+            wp[:d.size] = t[d] - t[d - 1]
+            got = (dp, wp, int(t[0]))
+    if len(_CP_CACHE) > 256:
+        _CP_CACHE.clear()
+    _CP_CACHE[key] = (table, got)
+    return got
+
+
 def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int, out_bits: int,
-                      rounding, table: np.ndarray, out_dtype) -> np.ndarray | None:
+                      rounding, table: np.ndarray, out_dtype, *, vec: bool = True,
+                      legacy: bool = False) -> np.ndarray | None:
     """``log2_code(softmax(x, ...))`` without storing the probabilities; None where a fast precondition fails
     (the caller then runs the two ops unfused, which gives the reference's result or error).
 
@@ -65,17 +178,25 @@ def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int
         multiplier, shift, frac_bits, lut_bits, out_bits, rounding: the softmax node's attributes.
         table: ``log2_code_table(thresholds, bits, in_bits)`` of the log2_code node (every possible input).
         out_dtype: the log2_code output's storage dtype.
+        vec: explicit vector gather (``softmax.gather16``) or its plain-loop twin (same bits).
+        legacy: force the previous kernel (baseline for benchmarks and tests).
 
     Returns:
         the codes, ``x``'s shape, or None.
     """
+    k2 = None if legacy else softmax_fast2_consts(x, multiplier, shift, frac_bits, lut_bits, out_bits, rounding)
+    cp = None if k2 is None else _change_points(table, out_dtype, k2[6])
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) if x.ndim else x
+    if cp is not None:
+        out = np.empty(x2.shape, dtype=out_dtype)
+        _softmax_log2_rows(x2, *k2, bool(vec), *cp, out)
+        return out.reshape(x.shape)
     k = softmax_fast_consts(x, multiplier, shift, frac_bits, lut_bits, out_bits, rounding)
     if k is None:
         return None
-    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     out = np.empty(x2.shape, dtype=out_dtype)
     bad = np.zeros(1, dtype=np.uint8)
-    _softmax_log2_rows(x2, *k, table.astype(out_dtype, copy=False), out, bad)
+    _softmax_log2_rows_legacy(x2, *k, table.astype(out_dtype, copy=False), out, bad)
     return None if bad[0] else out.reshape(x.shape)
 
 
@@ -127,39 +248,59 @@ def gemm_requant(x: np.ndarray, pk, rc, out_dtype) -> np.ndarray | None:
 
 @njit(cache=True, parallel=True)
 def _gemm_vnni_requant_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, starts, w, mult, sh, h,
-                              sm, off, zp, lo, hi, e1, e2, out):
+                              sm, off, zp, lo, hi, e1, e2, heads, groups, tokens, out):
+    """out[si] (flat) = slice si requantized, in split-heads order: GEMM row r = (b, g, t) of the
+    [B*groups*tokens, n] products and slice column c = (hd, j) (``heads`` heads of w/heads columns) go to
+    [b, g*heads + hd, t, j] of [B, groups*heads, tokens, w/heads].  heads = groups = 1, tokens = m is the
+    row-major [m, w] slice itself."""
     mb = (m + 7) // 8
+    d = w // heads
+    per_image = groups * tokens
     for t in prange(mb):
         r0 = 8 * t
         rows = min(8, m - r0)
         acc2 = _block_products(tag, a, lda, r0, rows, bp, kqn, npan, cst, ev, rowsum, use_rs, n)
+        q = np.empty((8, w), out.dtype)
         for si in range(starts.shape[0]):
             accs = acc2[:, starts[si]:starts[si] + w]
-            out_blk = out[si, r0:r0 + rows]
             for rr in range(rows):
                 _requant_row(accs, rr, mult[si], sh[si], h[si], sm[si], off[si], zp[si], lo[si], hi[si], e1[si],
-                             e2[si], out_blk)
+                             e2[si], q)
+                r = r0 + rr
+                b = r // per_image
+                g = (r - b * per_image) // tokens
+                tk = r - b * per_image - g * tokens
+                base = ((b * groups + g) * heads * tokens + tk) * d
+                for hd in range(heads):
+                    dst = base + hd * tokens * d
+                    for j in range(d):
+                        out[si, dst + j] = q[rr, hd * d + j]
 
 
-def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype
-                        ) -> list[np.ndarray] | None:
+def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype,
+                        heads: tuple[int, int, int] | None = None) -> list[np.ndarray] | None:
     """``[requant_fast(gemm_packed(x, pk)[:, s:s+width], rc) for s, rc in zip(starts, rcs)]`` (e.g. the q, k, v
     slices of the qkv projection) without storing the int32 products, for a ``vnni`` packing; None otherwise.
-    """
-    return _requant_slices(x, pk, starts, width, rcs, out_dtype)
+
+    ``heads = (H, G, N)``: each result is also split into heads as ``SPLIT_HEADS`` with H heads and G windows
+    does (x's M = B*G*N rows are B images of G windows of N tokens): ``[B, G*H, N, width/H]``."""
+    return _requant_slices(x, pk, starts, width, rcs, out_dtype, heads)
 
 
-def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype
-                    ) -> list[np.ndarray] | None:
+def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype,
+                    heads: tuple[int, int, int] | None = None) -> list[np.ndarray] | None:
     if not rcs or any(rc.c != width for rc in rcs):
+        return None
+    m = x.shape[0]
+    hh, groups, tokens = (1, 1, max(m, 1)) if heads is None else (int(v) for v in heads)
+    if hh < 1 or groups < 1 or tokens < 1 or width % hh or m % (groups * tokens):
         return None
     ops = _vnni_operands(x, pk, width)
     if ops is None:
         return None
     a8, kp, rowsum = ops
-    m = x.shape[0]
     ns = len(rcs)
-    out = np.empty((ns, m, width), dtype=out_dtype)
+    out = np.empty((ns, m * width), dtype=out_dtype)
 
     def stack(name):
         return np.ascontiguousarray(np.stack([getattr(rc, name) for rc in rcs]))
@@ -170,8 +311,9 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
     _gemm_vnni_requant_slices(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum,
                               pk.use_rowsum, pk.n, np.array(starts, dtype=np.int64), width, stack("mult"),
                               stack("sh"), stack("h"), stack("sm"), stack("off"), ints("zp"), ints("lo"), ints("hi"),
-                              ints("e1"), ints("e2"), out)
-    return [out[s] for s in range(ns)]
+                              ints("e1"), ints("e2"), hh, groups, tokens, out)
+    shape = (m, width) if heads is None else (m // (groups * tokens), groups * hh, tokens, width // hh)
+    return [out[s].reshape(shape) for s in range(ns)]
 
 
 @njit(cache=True, parallel=True)
@@ -207,14 +349,100 @@ def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_
     t = np.asarray(table)
     if t.size == 0 or t.dtype.kind not in "iu" or int(t.min()) < info.min or int(t.max()) > info.max:
         return None
+    head = _full_width_args(x, pk, rc)
+    if head is None:
+        return None
+    out = np.empty((x.shape[0], pk.n), dtype=out_dtype)
+    bad = np.zeros(1, dtype=np.uint8)
+    _gemm_vnni_requant_lut(*head, t.astype(out_dtype), int(in_min), out, bad)
+    return None if bad[0] else out
+
+
+def _full_width_args(x: np.ndarray, pk, rc) -> tuple | None:
+    """The leading arguments of the one-requantizer chain kernels (tile tag, padded operands, packing, the
+    requantizer's constants) for x against the whole packing; None where the chain's preconditions fail."""
     ops = _vnni_operands(x, pk, pk.n)
     if ops is None:
         return None
     a8, kp, rowsum = ops
-    m = x.shape[0]
-    out = np.empty((m, pk.n), dtype=out_dtype)
-    bad = np.zeros(1, dtype=np.uint8)
-    _gemm_vnni_requant_lut(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum,
-                           pk.use_rowsum, pk.n, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2,
-                           t.astype(out_dtype), int(in_min), out, bad)
-    return None if bad[0] else out
+    return (_tag("vnni"), a8, kp, x.shape[0], pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, pk.n,
+            rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention x V (any path) -> merge heads -> requantize: the int32 heads are requantized while gathered
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _merge_heads_requant_rows(y, groups, heads, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+    """y: int32/int64 [B, groups*heads, N, d]; out: [B*groups*N, heads*d] with row (b, g, t) column
+    (hd, j) = requantize(y[b, g*heads + hd, t, j]) under the constants of column hd*d + j."""
+    nb, _, nt, d = y.shape
+    rows = nb * groups * nt
+    for r in prange(rows):
+        b = r // (groups * nt)
+        g = (r - b * groups * nt) // nt
+        t = r - b * groups * nt - g * nt
+        row = np.empty((1, heads * d), np.int64)
+        for hd in range(heads):
+            for j in range(d):
+                row[0, hd * d + j] = y[b, g * heads + hd, t, j]
+        _requant_row(row, 0, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out[r:r + 1])
+
+
+def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray | None:
+    """``requant_fast(merge_heads(y, windows=groups), rc)``: y ``[B, G*H, N, d]`` (int32 or int64, |y| <= 2^31,
+    e.g. attention x V) to ``[B, G*N, H*d]`` codes without storing the merged int32 tensor; None where a
+    precondition fails (the caller runs the nodes unfused)."""
+    if y.ndim != 4 or y.dtype not in (np.int32, np.int64) or groups < 1 or y.shape[1] % groups:
+        return None
+    nb, gh, nt, d = y.shape
+    heads = gh // groups
+    if rc.c != heads * d or (y.dtype == np.int64 and y.size and int(np.abs(y).max()) > (1 << 31)):
+        return None
+    out = np.empty((nb * groups * nt, heads * d), dtype=out_dtype)
+    _merge_heads_requant_rows(np.ascontiguousarray(y), groups, heads, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp,
+                              rc.lo, rc.hi, rc.e1, rc.e2, out)
+    return out.reshape(nb, groups * nt, heads * d)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM (vnni path) -> requantize -> saturating add of the residual stream
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def _gemm_vnni_requant_add(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, sm, off, zp, lo,
+                           hi, e1, e2, res, add_lo, add_hi, out):
+    mb = (m + 7) // 8
+    for t in prange(mb):
+        r0 = 8 * t
+        rows = min(8, m - r0)
+        q = np.empty((8, n), np.int64)
+        acc2 = _block_products(tag, a, lda, r0, rows, bp, kqn, npan, cst, ev, rowsum, use_rs, n)
+        for rr in range(rows):
+            _requant_row(acc2, rr, mult, sh, h, sm, off, zp, lo, hi, e1, e2, q)  # in [lo + zp, hi + zp]
+            for j in range(n):
+                out[r0 + rr, j] = min(max(np.int64(res[r0 + rr, j]) + q[rr, j], add_lo), add_hi)
+
+
+def gemm_requant_add(x: np.ndarray, pk, rc, residual: np.ndarray, add_min: int, add_max: int, out_dtype
+                     ) -> np.ndarray | None:
+    """``sat_add(residual, requant_fast(gemm_packed(x, pk), rc), add_min, add_max)`` (e.g. the attention or MLP
+    output projection added to the residual stream) without storing the int32 products or the requantized
+    codes, for a ``vnni`` packing; None where a precondition fails (the caller runs the nodes unfused).
+
+    Args:
+        x: uint8 activations ``[M, K]``; residual: integer ``[M, N]`` (N = the GEMM's outputs).
+        add_min, add_max: the add's saturation bounds (its output type), int32 values.
+    """
+    if (rc.c != pk.n or residual.ndim != 2 or residual.shape != (x.shape[0], pk.n) or residual.dtype.kind not in "iu"
+            or residual.dtype.itemsize > 4 or residual.dtype == np.uint32):
+        return None
+    head = _full_width_args(x, pk, rc)
+    if head is None:
+        return None
+    out = np.empty((x.shape[0], pk.n), dtype=out_dtype)
+    _gemm_vnni_requant_add(*head, np.ascontiguousarray(residual), int(add_min), int(add_max), out)
+    return out

@@ -292,7 +292,7 @@ def test_fused_chains_equal_unfused_on_every_tensor_both_produce(name, bits, mon
     assert_all_equal(unfused, ref)
     for i, (ends, step, between) in chains.items():
         node = g.nodes[i]
-        ys = step([unfused[t] for t in node.inputs])
+        ys = step([unfused[t] for t in node.inputs + list(getattr(step, "extra_inputs", ()))])
         assert ys is not None and len(ys) == len(ends)
         for j, y in zip(ends, ys):
             last = g.nodes[j]
@@ -301,10 +301,11 @@ def test_fused_chains_equal_unfused_on_every_tensor_both_produce(name, bits, mon
         assert not set(between) & set(ends)
     kinds = {(g.nodes[i].op, g.nodes[ends[-1]].op, len(ends)) for i, (ends, _, _) in chains.items()}
     if G.choose_path(255, 255) == "vnni":
-        assert {(Op.GEMM, Op.REQUANT, 1), (Op.GEMM, Op.REQUANT, 3), (Op.GEMM, Op.LUT, 1)} <= kinds
-    assert (Op.SOFTMAX, Op.LOG2_CODE, 1) in kinds
+        assert {(Op.GEMM, Op.ADD, 1), (Op.GEMM, Op.SPLIT_HEADS, 3), (Op.GEMM, Op.LUT, 1)} <= kinds
+    assert {(Op.SOFTMAX, Op.LOG2_CODE, 1), (Op.ATTN_V, Op.REQUANT, 1)} <= kinds
     calls = []
-    for fn in ("softmax_log2_code", "gemm_requant", "gemm_requant_slices", "gemm_requant_lut"):
+    for fn in ("softmax_log2_code", "gemm_requant", "gemm_requant_slices", "gemm_requant_lut", "merge_heads_requant",
+               "gemm_requant_add"):
         orig = getattr(fast.FU, fn)
         monkeypatch.setattr(fast.FU, fn, lambda *a, _o=orig: calls.append(1) or _o(*a))
     fused_out = run_graph(g, x, backend="fast")
@@ -392,3 +393,110 @@ def test_gemm_requant_lut_chain_edges():
     assert got is not None and np.array_equal(got, exp.astype(np.int16))
     assert gemm_requant_lut(x, pk, rc, table[:150], -100, np.int16) is None  # an index past the table
     assert gemm_requant_lut(x, pk, rc, table, -100, np.int8) is None  # table does not fit the output
+
+
+def _split_heads_by_index(x, heads, groups):
+    """[B, G*N, H*d] -> [B, G*H, N, d] written out element by element from docs/ops/data_movement.md:
+    token row g*N + t, column hd*d + j goes to [g*H + hd, t, j]."""
+    b, gn, c = x.shape
+    n, d = gn // groups, c // heads
+    y = np.empty((b, groups * heads, n, d), x.dtype)
+    for g in range(groups):
+        for t in range(n):
+            for hd in range(heads):
+                y[:, g * heads + hd, t, :] = x[:, g * n + t, hd * d:(hd + 1) * d]
+    return y
+
+
+@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
+def test_gemm_requant_slices_in_heads_order(impl, monkeypatch):
+    """The qkv chain writing split-heads order (ViT: G = 1; Swin: G windows) equals requantize then split
+    heads, per slice, with row tails and every rounding mode."""
+    from repq_hw.kernels.fused import gemm_requant_slices
+    from repq_hw.kernels.gemm import gemm_zp_ref
+
+    if impl == "generic":
+        import repq_hw.kernels.fused as FUm
+
+        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    rng = np.random.default_rng(21)
+    for b, groups, n, heads, d in ((3, 1, 13, 3, 8), (2, 4, 9, 2, 16), (1, 1, 1, 1, 4), (2, 3, 5, 4, 3)):
+        w_ = heads * d
+        m, k = b * groups * n, 24
+        x = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        wt = rng.integers(0, 256, (3 * w_, k), dtype=np.uint8)
+        wz = rng.integers(0, 256, 3 * w_)
+        pk = G.prepare_gemm(wt, wz, None, 7, 255, path="vnni")
+        acc = gemm_zp_ref(x, 7, wt, wz, None)
+        for mode in ROUNDING_MODES:
+            rcs, exps = [], []
+            for s in range(3):
+                mult, shift = rng.integers(1, 1 << 30, w_), rng.integers(18, 30, w_)
+                rcs.append(F.RequantConsts.make(w_, mult, shift, 0, 3, 0, 255, mode))
+                q = requantize_ref(acc[:, s * w_:(s + 1) * w_], mult, shift, 0, 3, 0, 255, mode, np.uint8)
+                exps.append(_split_heads_by_index(q.reshape(b, groups * n, w_), heads, groups))
+            got = gemm_requant_slices(x, pk, [0, w_, 2 * w_], w_, rcs, np.uint8, (heads, groups, n))
+            assert got is not None
+            for s in range(3):
+                assert got[s].shape == exps[s].shape and np.array_equal(got[s], exps[s]), (b, groups, n, heads, mode, s)
+    assert gemm_requant_slices(x, pk, [0], w_, rcs[:1], np.uint8, (heads, groups + 1, n)) is None  # rows do not split
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_merge_heads_requant_equals_merge_then_requantize(dtype):
+    from repq_hw.kernels.fused import merge_heads_requant
+
+    rng = np.random.default_rng(22)
+    for b, groups, n, heads, d in ((2, 1, 11, 3, 8), (3, 4, 7, 2, 5), (1, 1, 1, 1, 1)):
+        c = heads * d
+        y = rng.integers(-(1 << 31), 1 << 31, (b, groups * heads, n, d)).astype(dtype)
+        y.reshape(-1)[0], y.reshape(-1)[-1] = -(1 << 31), (1 << 31) - 1
+        merged = np.empty((b, groups * n, c), np.int64)  # docs/ops/data_movement.md, element by element
+        for g in range(groups):
+            for t in range(n):
+                for hd in range(heads):
+                    merged[:, g * n + t, hd * d:(hd + 1) * d] = y[:, g * heads + hd, t, :]
+        for mode in ROUNDING_MODES:
+            mult, shift = rng.integers(1, 1 << 31, c), rng.integers(0, 62, c)
+            off = rng.integers(-(1 << 40), 1 << 40, c)
+            rc = F.RequantConsts.make(c, mult, shift, off, -5, -128, 127, mode)
+            exp = requantize_ref(merged, mult, shift, off, -5, -128, 127, mode, np.int8)
+            got = merge_heads_requant(y, groups, rc, np.int8)
+            assert got is not None and got.dtype == np.int8 and np.array_equal(got, exp), (b, groups, mode)
+    big = np.full((1, 2, 3, 4), 1 << 31, np.int64)
+    big[0, 0, 0, 0] = (1 << 31) + 1  # outside the requantizer's proven input range: refused, not wrapped
+    rc = F.RequantConsts.make(8, 1, 0, 0, 0, -128, 127, "half_even")
+    assert merge_heads_requant(big, 1, rc, np.int8) is None
+    assert merge_heads_requant(big[:, :, :, :3], 1, rc, np.int8) is None  # channel count differs from rc
+
+
+@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
+def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, monkeypatch):
+    """GEMM -> requantize -> residual add in one pass equals the references, saturating at both ends of
+    the add's type (residuals at the int16 extremes), with row tails and every rounding mode."""
+    from repq_hw.kernels.fused import gemm_requant_add
+    from repq_hw.kernels.gemm import gemm_zp_ref
+
+    if impl == "generic":
+        import repq_hw.kernels.fused as FUm
+
+        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    rng = np.random.default_rng(23)
+    for m, k, n in ((13, 20, 37), (64, 96, 64), (1, 4, 1)):
+        x = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
+        wz = rng.integers(0, 256, n)
+        pk = G.prepare_gemm(w, wz, None, 3, 255, path="vnni")
+        acc = gemm_zp_ref(x, 3, w, wz, None)
+        res = rng.integers(-(1 << 15), 1 << 15, (m, n)).astype(np.int16)
+        res.reshape(-1)[0], res.reshape(-1)[-1] = -(1 << 15), (1 << 15) - 1
+        for mode in ROUNDING_MODES:
+            mult, shift = rng.integers(1, 1 << 30, n), rng.integers(8, 20, n)
+            rc = F.RequantConsts.make(n, mult, shift, 0, 0, -(1 << 15), (1 << 15) - 1, mode)
+            q = requantize_ref(acc, mult, shift, 0, 0, -(1 << 15), (1 << 15) - 1, mode, np.int16)
+            exp = np.clip(res.astype(np.int64) + q, -(1 << 15), (1 << 15) - 1).astype(np.int16)
+            got = gemm_requant_add(x, pk, rc, res, -(1 << 15), (1 << 15) - 1, np.int16)
+            assert got is not None and got.dtype == np.int16 and np.array_equal(got, exp), (m, n, mode)
+            assert (exp == -(1 << 15)).any() or (exp == (1 << 15) - 1).any() or m == 1
+    assert gemm_requant_add(x, pk, rc, res[:, :0], -10, 10, np.int16) is None  # residual shape differs
+    assert gemm_requant_add(x, pk, rc, res.astype(np.uint32), -10, 10, np.int16) is None  # not an int32 value type

@@ -16,7 +16,7 @@ import pytest
 from repq_hw.emu import fast
 from repq_hw.emu.execute import InputTypeError, run_graph, run_node
 from repq_hw.errors import InputError
-from repq_hw.ir.graph import IRFormatError, load_graph, save_graph
+from repq_hw.ir.graph import IntType, IRFormatError, load_graph, save_graph
 from repq_hw.ir.ops import Op
 from repq_hw.ir.validate import IRValidationError, validate_graph
 from repq_hw.lower.builder import GraphBuilder
@@ -300,6 +300,35 @@ def test_replaced_constant_and_edited_attribute_rebuild_plan():
     assert fast.prepare(g) is not p2
     _assert_ref_equals_fast(g, x)
     assert fast.prepare(g) is fast.prepare(g)  # and an unchanged graph keeps its plan
+
+
+def _edits_that_break_validation(g):
+    """(what, edit) pairs: each turns a valid graph into one validate_graph refuses; every edit is one that
+    the fast plan's key must see (validation runs once per plan)."""
+    gemm = next(n for n in g.nodes if n.op == Op.GEMM)
+    first_out = g.nodes[0].outputs[0]
+    return [
+        ("an attribute", lambda: gemm.attrs.update(a_zp=1 << 40)),
+        ("a tensor type", lambda: setattr(g.tensors[first_out], "type",
+                                          IntType(True, 64, g.tensors[first_out].type.shape))),
+        ("a constant type", lambda: g.const_types.update({gemm.consts["bias"]: IntType(True, 64, (1,))})),
+        ("the graph outputs", lambda: g.outputs.append("no_such_tensor")),
+        ("the op's kind", lambda: setattr(gemm, "op", gemm.op.value)),  # a str with the same value
+    ]
+
+
+@pytest.mark.parametrize("which", range(5))
+def test_validation_is_not_skipped_after_an_edit(which):
+    g = load_graph(GOLDEN_IR)
+    x = golden_input(g, 1)
+    run_graph(g, x, "fast")
+    run_graph(g, x, "fast")  # the second call takes the plan's cached validation
+    what, edit = _edits_that_break_validation(g)[which]
+    edit()
+    with pytest.raises(IRValidationError):
+        run_graph(g, x, "fast")
+    with pytest.raises(IRValidationError):  # and again: a failed validation is not recorded as passed
+        run_graph(g, x, "fast")
 
 
 # ---------------------------------------------------------------------------------------------

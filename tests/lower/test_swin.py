@@ -119,14 +119,24 @@ def test_fused_plan_gives_the_reference_logits(name, bits):
 
     q, g, _ = lowered(name, bits)
     codes = input_codes(q, torch.randn(7, *image_shape(q), generator=torch.Generator().manual_seed(11)))
-    ref = run_graph(g, codes, "ref")
+    ref_all = run_graph(g, codes, "ref", keep_all=True)
+    ref = {k: ref_all[k] for k in g.outputs}
     from repq_hw.emu import fast as fast_plan
 
     for path in ("vnni", "portable"):  # the GEMM chains fuse on the vnni packing only
         with gemm_vnni.force_path(path):
             plan = fast_plan.prepare(g, eager=True)
-            fused = [g.nodes[i].op for i in range(len(g.nodes)) if plan.fusion(i) is not None]
-            assert Op.SOFTMAX in fused and (path != "vnni" or Op.GEMM in fused)
+            chains = {i: c for i in range(len(g.nodes)) if (c := plan.fusion(i)) is not None}
+            fused = {(g.nodes[i].op, g.nodes[c[0][-1]].op) for i, c in chains.items()}
+            assert {(Op.SOFTMAX, Op.LOG2_CODE), (Op.ATTN_V, Op.REQUANT)} <= fused
+            if path == "vnni":  # windowed q, k, v heads written by the qkv chain
+                assert {(Op.GEMM, Op.SPLIT_HEADS), (Op.GEMM, Op.LUT), (Op.GEMM, Op.ADD)} <= fused
+            for i, (ends, step, _) in chains.items():  # each chain, on the reference's own inputs
+                ys = step([ref_all[t] for t in g.nodes[i].inputs + list(getattr(step, "extra_inputs", ()))])
+                assert ys is not None
+                for j, y in zip(ends, ys):
+                    want = ref_all[g.nodes[j].outputs[0]]
+                    assert y.dtype == want.dtype and np.array_equal(y, want), (g.nodes[i].name, g.nodes[j].name)
             assert_all_equal(ref, run_graph(g, codes, "fast"))
 
 
