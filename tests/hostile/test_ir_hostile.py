@@ -594,3 +594,19 @@ def test_tampered_softmax_table_is_refused():
     g.constants[name] = bad
     with pytest.raises(IRValidationError, match="'lut' differs from exp2_lut"):
         validate_graph(g)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("size", [1, 7, 4096, (1 << 16) + 5, 300_001])
+def test_content_digest_sees_every_single_element_edit(dtype, size):
+    """The plan key's constant digest (emu/fast.py content_digest): a change of any one element, at the
+    start, the end or anywhere between, changes it; so does a change of length alone."""
+    rng = np.random.default_rng(size)
+    a = rng.integers(0, 100, size).astype(dtype)
+    d0 = fast.content_digest(a)
+    assert fast.content_digest(a.copy()) == d0
+    for pos in {0, size - 1, *rng.integers(0, size, 20).tolist()}:
+        b = a.copy()
+        b[pos] += 1
+        assert fast.content_digest(b) != d0, pos
+    assert fast.content_digest(np.concatenate([a, np.zeros(1, dtype)])) != d0  # a zero appended
