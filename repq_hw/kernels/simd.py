@@ -118,11 +118,20 @@ GENERIC = Impl("generic")
 
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> frozenset[str]:
-    """The host CPU's features as LLVM names them (``avx2``, ``avx512vnni``, ...)."""
+    """The features Numba compiles for, as LLVM names them (``avx2``, ``avx512vnni``, ...): the host CPU's,
+    or ``NUMBA_CPU_FEATURES`` where it is set (``NUMBA_CPU_NAME=generic`` implies none).  The kernels' paths
+    follow it, so a cache built for another CPU (or an AVX2-only build on an AVX-512 host) never emits an
+    instruction its target lacks."""
     try:
-        import llvmlite.binding as ll
+        from numba.core import config
 
-        return frozenset(f[1:] for f in ll.get_host_cpu_features().flatten().split(",") if f.startswith("+"))
+        if config.CPU_FEATURES is not None:
+            flat = config.CPU_FEATURES
+        else:
+            import llvmlite.binding as ll
+
+            flat = ll.get_host_cpu_features().flatten()
+        return frozenset(f.strip()[1:] for f in flat.split(",") if f.strip().startswith("+"))
     except Exception:  # pragma: no cover - no LLVM host info: assume nothing
         return frozenset()
 

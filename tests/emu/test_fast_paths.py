@@ -3,6 +3,8 @@ numpy reference on every tensor, with the fast paths on, forced onto each GEMM p
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -264,7 +266,13 @@ def test_default_run_uses_the_cpus_own_gemm_path():
     flags = _proc_cpuinfo_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo on this system")
+    from numba.core import config
+
     from repq_hw.kernels import simd
+
+    if config.CPU_FEATURES is not None:
+        pytest.skip("NUMBA_CPU_FEATURES / NUMBA_CPU_NAME=generic set: Numba compiles for another CPU "
+                    "(test_paths_follow_numbas_target_features covers that)")
 
     vnni = {"avx512f", "avx512bw", "avx512_vnni"} <= flags
     assert simd.has_vnni512() == vnni
@@ -500,3 +508,28 @@ def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, monkeypatc
             assert (exp == -(1 << 15)).any() or (exp == (1 << 15) - 1).any() or m == 1
     assert gemm_requant_add(x, pk, rc, res[:, :0], -10, 10, np.int16) is None  # residual shape differs
     assert gemm_requant_add(x, pk, rc, res.astype(np.uint32), -10, 10, np.int16) is None  # not an int32 value type
+
+
+@pytest.mark.parametrize("features, vnni, avx2", [
+    ("+avx,+avx2,+fma,-avx512f,-avx512bw,-avx512vnni", False, True),  # an AVX2-only target (Zen 1 class)
+    ("", False, False),  # NUMBA_CPU_NAME=generic: no SIMD features at all
+    ("+avx2,+avx512f,+avx512bw,+avx512vnni", True, True),
+])
+def test_paths_follow_numbas_target_features(features, vnni, avx2):
+    """Where Numba is told to compile for another CPU (NUMBA_CPU_FEATURES, or NUMBA_CPU_NAME=generic), the
+    kernels' paths follow that target, never the host: no instruction the target lacks is emitted."""
+    import subprocess
+    import sys
+
+    code = ("from repq_hw.kernels import simd, gemm_vnni as G, attn_v_shift as AV; "
+            "print(simd.has_vnni512(), simd.has_avx2(), G.choose_path(255, 255), AV.attn_v_path())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    if features == "":
+        env["NUMBA_CPU_NAME"] = "generic"
+    else:
+        env["NUMBA_CPU_FEATURES"] = features
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    got_vnni, got_avx2, gemm_path, av_path = out.split()
+    assert (got_vnni, got_avx2) == (str(vnni), str(avx2))
+    want = "vnni" if vnni else ("i16" if avx2 else "portable")
+    assert (gemm_path, av_path) == (want, want)
