@@ -90,8 +90,35 @@ def machine() -> str:
         cpu = ll.get_host_cpu_name()
     except Exception:  # pragma: no cover
         cpu = "?"
+    proxy = (" -- AVX2-ONLY PROXY (Numba and torch limited to AVX2 on this CPU; not a Zen 1 measurement)"
+             if os.environ.get(_PROXY_MARK) else "")
     return (f"{name} ({cpu}, {simd}), {os.cpu_count()} cores, {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d')}")
+            f"{time.strftime('%Y-%m-%d')}{proxy}")
+
+
+_PROXY_MARK = "REPQ_BENCH_AVX2_PROXY"
+TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+"""torch's AVX2 kernels on an AVX-512 CPU (ATEN alone is not enough: oneDNN and MKL pick their own ISA)."""
+
+
+def reexec_as_avx2_proxy() -> None:
+    """Re-run this script (same arguments) with both sides limited to AVX2: Numba compiles for the host's
+    features minus AVX-512 / AVX-VNNI / AMX (so repq_hw's kernels take their AVX2 paths:
+    ``kernels.simd.cpu_features`` follows NUMBA_CPU_FEATURES), torch dispatches its AVX2 kernels.  A proxy
+    for an AVX2-only CPU on this silicon (same caches, clocks and core), never a measurement of one.
+    Returns at once inside the re-run process."""
+    if os.environ.get(_PROXY_MARK):
+        return
+    import llvmlite.binding as ll
+
+    feats = []
+    for f in ll.get_host_cpu_features().flatten().split(","):
+        name = f[1:]
+        off = name.startswith(("avx512", "avxvnni", "amx", "avx10", "avxifma", "avxneconvert", "avxvnniint"))
+        feats.append(("-" if off else f[0]) + name)
+    env = dict(os.environ, NUMBA_CPU_FEATURES=",".join(feats), **TORCH_AVX2_ENV, **{_PROXY_MARK: "1"})
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def save_json(path: str | None, obj: dict) -> None:

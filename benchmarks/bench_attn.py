@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import machine, save_json
+from _common import machine, reexec_as_avx2_proxy, save_json
 
 B, T, H, D = 8, 197, 6, 64
 
@@ -60,7 +60,11 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json")
+    ap.add_argument("--avx2-proxy", action="store_true",
+                    help="re-run limited to AVX2 (Numba target features and torch's kernels): an AVX2-only proxy")
     a = ap.parse_args()
+    if a.avx2_proxy:
+        reexec_as_avx2_proxy()
 
     import numba
     import torch

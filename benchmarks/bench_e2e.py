@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cached_graph, machine, save_json
+from _common import cached_graph, machine, reexec_as_avx2_proxy, save_json
 
 
 def breakdown(g, codes, run_graph) -> tuple[float, dict[str, float]]:
@@ -95,7 +95,11 @@ def main():
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--no-fuse", action="store_true", help="run the unfused plan (fast.FUSE = False)")
     ap.add_argument("--json")
+    ap.add_argument("--avx2-proxy", action="store_true",
+                    help="re-run limited to AVX2 (Numba target features and torch's kernels): an AVX2-only proxy")
     a = ap.parse_args()
+    if a.avx2_proxy:
+        reexec_as_avx2_proxy()
 
     import numba
     import torch

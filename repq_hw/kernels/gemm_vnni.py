@@ -782,7 +782,10 @@ def _pack_s8_panels32(b, i, off, kqn, b8, bp):
 @njit(cache=True)
 def bmm_vnni_prep(a, i, za, b, zb, off):
     """Batch i of q.k^T on the vnni path, packed once: (a8 uint8 rows with K padded to 4, kp, row sums,
-    bp int8 panels of b - off, per-column constants, per-column row-sum factors e = off - zb)."""
+    bp int8 panels of b - off, per-column constants, per-column row-sum factors e = off - zb).
+
+    off is 128 (``bmm_vnni_offset``), so b - off as a byte is b ^ 0x80: b's rows are moved four bytes at a
+    time with one xor.  Row sums are only formed where e != 0 (the tile adds e * rowsum only then)."""
     m, k = a.shape[1], a.shape[2]
     nn = b.shape[1]
     kqn = (k + 3) // 4
@@ -797,20 +800,31 @@ def bmm_vnni_prep(a, i, za, b, zb, off):
             for kk in range(k):
                 a8[r * kp + kk] = a[i, r, kk]
     rowsum = np.zeros(m, dtype=np.int32)
-    for r in range(m):
-        s = np.int32(0)
-        for kk in range(kp):
-            s += np.int32(a8[r * kp + kk])
-        rowsum[r] = s
-    bp = np.empty(npan * kqn * 128, dtype=np.int8)
-    b8 = np.empty(nn * kp, dtype=np.uint8)
-    _pack_s8_panels32(b, i, off, kqn, b8, bp)
+    if e != 0:
+        for r in range(m):
+            row = a8[r * kp:(r + 1) * kp]
+            s = np.int32(0)
+            for kk in range(kp):
+                s += np.int32(row[kk])
+            rowsum[r] = s
+    bp = np.zeros(npan * kqn * 128, dtype=np.int8)  # panel columns past N and k past K stay 0
+    d32 = bp.view(np.uint32)
+    flip = np.uint32(0x80808080)
     cst = np.zeros(npan * 32, dtype=np.int32)
     ev = np.zeros(npan * 32, dtype=np.int32)
     for c in range(nn):
+        row = b[i, c]
+        base = (c >> 5) * kqn * 32 + (c & 31)
+        if kp == k:
+            w = row.view(np.uint32)
+            for kq in range(kqn):
+                d32[base + kq * 32] = w[kq] ^ flip
+        else:
+            for kk in range(k):
+                bp[(base + (kk >> 2) * 32) * 4 + (kk & 3)] = np.int8(np.int32(row[kk]) - np.int32(off))
         s = np.int32(0)
         for kk in range(k):
-            s += np.int32(b[i, c, kk])
+            s += np.int32(row[kk])
         s -= np.int32(k) * np.int32(off)
         # const = -za*colsum(b - off) - K*za*e  (gemm_pack's identity with bias 0)
         cst[c] = np.int32(-za * s - k * za * e)
@@ -842,7 +856,7 @@ def _bmm_vnni(tag, a, za, b, zb, off, out):
 def bmm_vnni_offset(k: int, za: int, zb: int) -> int | None:
     """The int8 offset of b on the vnni path (b - off must fit int8 for codes 0..255), or None when the
     int32 accumulation cannot be proved exact (then the caller uses ``gemm.bmm_zp``)."""
-    off = zb if -128 <= 0 - zb and 255 - zb <= 127 else 128
+    off = 128  # b - 128 fits int8 for every code 0..255 (zb itself fits only when zb = 128: the same)
     e = off - zb
     # |dot| <= K*255*128, |e*rowsum| <= |e|*K*255, |const| <= |za|*K*128 + K*|za*e|
     bound = k * 255 * 128 + abs(e) * k * 255 + abs(za) * k * 128 + k * abs(za * e)

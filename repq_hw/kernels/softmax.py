@@ -20,7 +20,11 @@ import functools
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir as llir
+from llvmlite.ir.instructions import GEPInstr
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .rounding import (
     check_shift,
@@ -42,6 +46,8 @@ __all__ = [
     "exp2_lut",
     "softmax",
     "softmax_fast",
+    "softmax_exp_row32",
+    "softmax_fast2_consts",
     "softmax_fast_consts",
     "softmax_fast_row",
     "softmax_ref",
@@ -309,3 +315,127 @@ def softmax_fast(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut
     out = np.empty(x2.shape, dtype=np.uint32)
     _softmax_fast_rows(x2, *k, out)
     return out.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast kernel v2 (int32 lanes, explicit LUT gather): used by the fused softmax -> log2_code chain
+# ---------------------------------------------------------------------------------------------
+#
+# Per row, with d_j = m - x_j in [0, 2^32 - 1] and a_j = min(d_j, dlim) * M >= 0:
+#   u_j = -rounding_rshift(-a_j, s) = (a_j + c [+ ((a_j >> s) & 1) for half_even]) >> s, where
+#   c = 2^s - 1 (floor: u = ceil), 2^(s-1) - 1 (half_up: ties of -a go up, so u rounds half down),
+#   2^(s-1) (half_away: u rounds half up), 2^(s-1) - 1 plus the parity bit (half_even); c = 0 for s = 0.
+#   Clamping: every u >= ub = (E + 2) * 2^F gives n >= E + 2, LUT[f] / 2^n <= 1/4 and e = 0 in every
+#   mode, so u -> min(u, ub) changes no e; u is non-decreasing in d and u(dlim) >= ub (c >= 0), so
+#   d -> min(d, dlim) changes no e either.  Then u <= ub < 2^17, n <= E + 2 <= 31, e in [0, 2^E] and
+#   S <= N * 2^E < 2^31 (checked by softmax_fast2_consts): every lane after the product is int32.
+
+_V16 = 16
+
+
+@intrinsic
+def gather16(typingctx, table, idx, out, j):
+    """``out[j:j+16] = table[idx[j:j+16]]`` for 1-D C-contiguous int32 arrays (indices in range, NOT
+    checked).  Target-independent LLVM ``llvm.masked.gather`` (vpgatherdd on AVX2 / AVX-512; LLVM does
+    not vectorize table lookups on znver by itself).  Twin: :func:`gather16_scalar`."""
+    for a in (table, idx, out):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.int32):
+            raise TypeError(f"gather16: expected 1-D C int32 arrays, got {a}")
+
+    def codegen(context, builder, sig, args):
+        i32 = llir.IntType(32)
+        vt = llir.VectorType(i32, _V16)
+        tab = context.make_array(sig.args[0])(context, builder, args[0])
+        ix = context.make_array(sig.args[1])(context, builder, args[1])
+        o = context.make_array(sig.args[2])(context, builder, args[2])
+        vidx = builder.load(builder.bitcast(builder.gep(ix.data, [args[3]]), vt.as_pointer()), align=4)
+        gep = GEPInstr(builder.block, tab.data, [vidx], inbounds=True, name="gptrs", source_etype=i32)
+        gep.type = llir.VectorType(tab.data.type, _V16)  # base pointer + <16 x i32> index: <16 x ptr>
+        builder._insert(gep)
+        mask_t = llir.VectorType(llir.IntType(1), _V16)
+        fnty = llir.FunctionType(vt, [gep.type, i32, mask_t, vt])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.gather.v16i32.v16p0")
+        g = builder.call(fn, [gep, llir.Constant(i32, 4), llir.Constant(mask_t, [1] * _V16), llir.Constant(vt, None)])
+        builder.store(g, builder.bitcast(builder.gep(o.data, [args[3]]), vt.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(table, idx, out, j), codegen
+
+
+@njit(cache=True, inline="always")
+def gather16_scalar(table, idx, out, j):
+    """Plain-loop twin of :func:`gather16` (same results)."""
+    for t in range(j, j + _V16):
+        out[t] = table[idx[t]]
+
+
+@njit(cache=True, inline="always")
+def softmax_exp_row32(x, i, m, s, c, dlim, ub, f, lut, mode, vec, fidx, nsh, v, erow):
+    """The e_j of row i of :func:`softmax_ref` into ``erow`` (int32, padded to a multiple of 16; pad lanes
+    give e = 0) and returns S = sum_j e_j.  ``mode`` must be a compile-time constant at the call site
+    (the kernels dispatch once per call); ``fidx``/``nsh``/``v`` are private scratch rows of the same
+    padded length whose pad lanes hold 0 / 31 / anything (set once at allocation).  Constants from
+    :func:`softmax_fast2_consts` (derivation in the comment above)."""
+    n = x.shape[1]
+    n16 = erow.shape[0]
+    mask = (np.int64(1) << f) - 1
+    mx = x[i, 0]
+    for j in range(1, n):
+        mx = max(mx, x[i, j])
+    mx64 = np.int64(mx)
+    for j in range(n):
+        d = min(mx64 - np.int64(x[i, j]), dlim) & 0xFFFFFFFF  # in [0, dlim], dlim < 2^32
+        a = d * m  # a + c + 1 < 2^63 (consts)
+        if mode == 1:
+            a += (a >> s) & 1
+        u = min((a + c) >> s, ub)  # in [0, ub], ub < 2^17
+        fidx[j] = np.int32(u & mask)
+        nsh[j] = np.int32(u >> f)  # <= E + 2 <= 31
+    if vec:
+        for j in range(0, n16, _V16):
+            gather16(lut, fidx, v, j)
+    else:
+        for j in range(0, n16, _V16):
+            gather16_scalar(lut, fidx, v, j)
+    tot = np.int32(0)
+    for j in range(n16):
+        vv = v[j]  # LUT[f] in (2^(E-1), 2^E], E <= 29; pad lanes: LUT[0] >> 31 -> 0 in every mode
+        sh = nsh[j]
+        if mode == 3:  # floor
+            e = vv >> sh
+        elif mode == 1:  # half_even
+            q = vv >> sh
+            r = vv - (q << sh)
+            h = (np.int32(1) << sh) >> 1
+            e = q + np.int32((r > h) | ((r == h) & (sh > 0) & ((q & 1) == 1)))
+        else:  # half_up, half_away (LUT[f] >= 0): floor((v + 2^(n-1)) / 2^n); v + 2^30 < 2^31
+            e = (vv + ((np.int32(1) << sh) >> 1)) >> sh
+        erow[j] = np.int32(e)
+        tot += np.int32(e)  # S <= N * 2^E < 2^31
+    return np.int64(tot)
+
+
+def softmax_fast2_consts(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int,
+                         out_bits: int, rounding) -> tuple | None:
+    """The checked constants ``(m, s, c, dlim, ub, f, p, lut32, mode)`` of :func:`softmax_exp_row32` for
+    int32 ``x``, or None where its preconditions fail: ``lut_bits <= 29``, ``N * 2^E < 2^31``,
+    ``dlim * M + 2^s < 2^63`` and ``2^(P+2) * N * 2^E < 2^63`` (the fused code step's thresholds)."""
+    if x.dtype != np.int32 or x.ndim == 0 or x.shape[-1] == 0:
+        return None
+    mode = mode_id(rounding)
+    try:
+        _, m, s, f, e, p = _check_attrs(x[..., :1], multiplier, shift, frac_bits, lut_bits, out_bits, "softmax")
+    except (ValueError, OverflowError):
+        return None
+    n = x.shape[-1]
+    if e > 29 or n * (1 << e) >= (1 << 31) or (n << (e + p + 2)) >= (1 << 63):
+        return None
+    ub = (e + 2) << f
+    dlim = 0 if m == 0 else min((1 << 32) - 1, -(-(ub << s) // m))  # u(dlim) >= (dlim*M) >> s >= ub
+    if dlim * m + (1 << s) >= (1 << 63):
+        return None
+    if s == 0:
+        c = 0
+    else:
+        c = (1 << s) - 1 if mode == 3 else (1 << (s - 1)) if mode == 2 else (1 << (s - 1)) - 1
+    return m, s, c, dlim, ub, f, p, exp2_lut(f, e).astype(np.int32), mode
