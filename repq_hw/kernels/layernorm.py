@@ -20,7 +20,9 @@ Headroom (checked by both implementations; see ``docs/ops/layernorm.md``):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .isqrt import isqrt_ref, isqrt_scalar
 from .rounding import (
@@ -28,14 +30,11 @@ from .rounding import (
     RequantConsts,
     _cast_out,
     _check_requant_attrs,
-    floor_div_recip,
     mode_id,
     requant_scalar,
     requantize_ref,
     round_div,
-    round_div_fix,
     round_div_ref,
-    rounding_rshift_bf,
 )
 
 __all__ = [
@@ -321,7 +320,7 @@ def layernorm_requant(
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _isqrt(n):
     """floor(sqrt(n)) for 0 <= n < 2^62: float estimate, then exact integer correction."""
     r = np.int64(np.sqrt(np.float64(n)))
@@ -332,54 +331,173 @@ def _isqrt(n):
     return r
 
 
-@njit(cache=True, parallel=True)
-def _ln_rows(x, eps, f, mult, sh, half, off, zp, lo, hi, mode, out, bad):
-    t, c = x.shape
+_MAGIC = 1.5 * 2.0**52
+"""x + _MAGIC for |x| < 2^51 rounds x to the nearest integer n (ulp 1 in [2^52, 2^53)); the low 32 bits of
+the result's bit pattern are n mod 2^32 (the magic's are 0)."""
+
+
+@intrinsic
+def _f64_bits(typingctx, v):
+    """The IEEE bit pattern of a float64 as int64 (an LLVM bitcast: no instruction)."""
+    if v != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@njit(cache=True, inline="always")
+def _rq(nrm, j, m32, sh, h, sm, off, oh, zp, lo, hi, mode):
+    """Requantize one int32-range ``nrm`` of channel j: ``rounding._rshift_add`` with the mode a literal.
+    v = nrm*M + off: |nrm| < 2^31, |M| < 2^31 (a 32x32 -> 64 multiply), |off| < 2^61 (RequantConsts), so
+    |v| < 2^62 + 2^61 and v + h (h = 2^(s-1) <= 2^61) cannot overflow; oh = off + h."""
+    p = np.int64(nrm) * np.int64(m32[j])
+    sj = sh[j]
+    if mode == 0:
+        y = (p + oh[j]) >> sj
+    elif mode == 1:
+        v = p + off[j]
+        y = (v + h[j] - (sm[j] - ((v >> sj) & sm[j]))) >> sj
+    elif mode == 2:
+        v = p + off[j]
+        y = (v + h[j] - (sm[j] & np.int64(v < 0))) >> sj
+    else:
+        y = (p + off[j]) >> sj
+    return min(max(y, lo), hi) + zp
+
+
+@njit(cache=True, inline="always")
+def _fast_row(x, i, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, mode):
+    """One row of ``layernorm_requant_ref`` into ``out[i]``; ``mode`` is a literal at every call site, so
+    each mode compiles to its own branch-free, vectorisable element loops.  Returns 1 when the row fails
+    H2, else 0.  The wrapper has checked H1 and |norm| < 2*sqrt(C-1)*2^F + 1 <= 2^31 - 3 (see below).
+
+    norm_c = round(X_c), X_c = d_c*2^F/sigma = x_c*a - b, a = C*2^F/sigma, b = S*2^F/sigma; with sigma := 1
+    when sigma = 0 (then every d_c = 0 and norm = 0, as defined).  |d_c| <= sqrt((C-1)*var_n) (Cauchy-
+    Schwarz) and sigma + 1 > sqrt(var_n), so |X_c| < 2*sqrt(C-1)*2^F.
+
+    Fast loop (``fast``: C*X*2^F <= 2^46, X a bound on |x|), the target being N = floor(X_c + c0) with
+    c0 = delta (floor: N = floor(X_c), as delta < 1/sigma) or c0 = 1/2 + delta (half modes: N = floor(X_c + 1/2),
+    as the fraction of X_c + 1/2 is a multiple of 1/(2 sigma) and delta < 1/(2 sigma)), delta = inv/4:
+      T' = fl(fl(x*A) - B), A = fl(cf*inv), B = fl(fl(sf*inv) - c1), c1 = c0 - 1/2, inv = fl(1/sigma),
+      cf = C*2^F and sf = S*2^F exact.  With u = 2^-53, |x*a|, |b| <= C*X*2^F/sigma and |c1| <= 1/2:
+      err = |T' - (X_c + c1)| <= u*(8.01*C*X*2^F/sigma + 1.01) < 1/(8 sigma)   (C*X*2^F <= 2^46, sigma < 2^31)
+    (a fused multiply-add only removes roundings).  delta (within 0.1 % of 1/(4 sigma)) exceeds err and
+    delta + err < 1/(2 sigma), so T' lies in (N - 1/2, N + 1/2): rint(T') = N, and fl(T' + 1.5*2^52) =
+    1.5*2^52 + N exactly (|T'| < 2^31).  The half modes differ only on ties X_c + 1/2 in Z; these need
+    d*2^(F+1) = sigma*odd, i.e. sigma = 0 mod 2^(F+1) (``tmask``): only such rows of half_even/half_away take
+    the exact loop, all other rows give floor(X_c + 1/2) in every half mode.
+
+    Exact loop (quantities are integers in float64, |.| < 2^53): num = cf*x - sf = d_c*2^F (|num| < 2^52),
+    q0 = floor(fl(num*inv)) is within 1 of floor(num/sigma) (|X| < 2^31: relative error 2^-52), r0 =
+    num - q0*sigma exact (|q0*sigma| <= |num| + 2*sigma), one fix-up step gives (q, r), r in [0, sigma),
+    and the mode compares r with sigma/2 exactly."""
+    c = x.shape[1]
     cc = np.int64(c)
-    for i in prange(t):
-        s = np.int64(0)
-        q = np.int64(0)
+    s = np.int64(0)
+    q = np.int64(0)
+    for j in range(c):
+        v = np.int64(x[i, j])
+        s += v
+        q += v * v
+    tot = (cc * q - s * s) + eps  # var_n in [0, 2^62) by H1, eps in [0, 2^62): < 2^63
+    if tot >= (np.int64(1) << 62):  # H2
+        return 1
+    sig = max(_isqrt(tot), np.int64(1))  # sigma 0: constant row, d = 0 everywhere -> norm 0 either way
+    sigf = np.float64(sig)
+    inv = 1.0 / sigf
+    cf = np.float64(cc) * p2f
+    sf = np.float64(s) * p2f
+    if fast and (mode == 0 or mode == 3 or (sig & tmask) != 0):
+        c1 = 0.25 * inv - 0.5 if mode == 3 else 0.25 * inv  # c0 - 1/2
+        a = cf * inv
+        b = sf * inv - c1
         for j in range(c):
-            v = np.int64(x[i, j])
-            s += v
-            q += v * v
-        tot = cc * q - s * s + eps
-        if tot >= (np.int64(1) << 62):
-            bad[i] = 1
-            continue
-        sigma = _isqrt(tot)
-        if sigma == 0:
-            for j in range(c):  # norm = 0
-                y = rounding_rshift_bf(off[j], sh[j], half[j], mode)
-                out[i, j] = min(max(y, lo), hi) + zp
-            continue
-        inv = 1.0 / np.float64(sigma)
-        for j in range(c):
-            num = (cc * np.int64(x[i, j]) - s) << f  # |.| < 2^32 * 2^F <= 2^52 (wrapper: F <= 20)
-            qq, r = floor_div_recip(num, sigma, inv)
-            nrm = round_div_fix(num, sigma, qq, r, mode)
-            if nrm < -(np.int64(1) << 31) or nrm > (np.int64(1) << 31) - 1:
-                bad[i] = 1
-            v = nrm * mult[j] + off[j]  # |norm| < 2^31 (else flagged), |M| < 2^31, |off| < 2^62
-            y = rounding_rshift_bf(v, sh[j], half[j], mode)
-            out[i, j] = min(max(y, lo), hi) + zp
+            rr = (np.float64(x[i, j]) * a - b) + _MAGIC  # = MAGIC + N, N = norm_c
+            nrm = np.int32(_f64_bits(rr))  # low 32 bits of the pattern: norm (|norm| < 2^31)
+            out[i, j] = _rq(nrm, j, m32, sh, h, sm, off, oh, zp, lo, hi, mode)
+        return 0
+    hs = 0.5 * sigf
+    for j in range(c):
+        num = cf * np.float64(x[i, j]) - sf
+        qf = np.floor(num * inv)
+        r = num - qf * sigf
+        neg = r < 0.0
+        qf = qf - 1.0 if neg else qf
+        r = r + sigf if neg else r
+        big = r >= sigf
+        qf = qf + 1.0 if big else qf
+        r = r - sigf if big else r
+        qi = np.int32(qf)
+        if mode == 0:
+            up = r >= hs
+        elif mode == 1:
+            up = (r > hs) | ((r == hs) & ((qi & 1) == 1))
+        elif mode == 2:
+            up = (r > hs) | ((r == hs) & (num >= 0.0))
+        else:
+            up = False
+        out[i, j] = _rq(qi + np.int32(up), j, m32, sh, h, sm, off, oh, zp, lo, hi, mode)
+    return 0
 
 
-def layernorm_requant_fast(x: np.ndarray, eps_q: int, frac_bits: int, rc: RequantConsts, out_dtype
-                           ) -> np.ndarray | None:
-    """``layernorm_requant_ref`` for int8/16/32 ``x [T, C]`` with ``C*max|x| < 2^31``, ``frac_bits <= 20``;
-    None otherwise, or when a row fails a headroom test (the caller's fallback raises the reference's error).
+@njit(cache=True, parallel=True, fastmath={"contract"})  # contract: see _fast_row (exact either way)
+def _ln_rows_0(x, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, bad):
+    for i in prange(x.shape[0]):
+        bad[i] = _fast_row(x, i, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, 0)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})  # contract: see _fast_row (exact either way)
+def _ln_rows_1(x, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, bad):
+    for i in prange(x.shape[0]):
+        bad[i] = _fast_row(x, i, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, 1)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})  # contract: see _fast_row (exact either way)
+def _ln_rows_2(x, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, bad):
+    for i in prange(x.shape[0]):
+        bad[i] = _fast_row(x, i, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, 2)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})  # contract: see _fast_row (exact either way)
+def _ln_rows_3(x, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, bad):
+    for i in prange(x.shape[0]):
+        bad[i] = _fast_row(x, i, eps, p2f, fast, tmask, m32, sh, h, sm, off, oh, zp, lo, hi, out, 3)
+
+
+_LN_ROWS = (_ln_rows_0, _ln_rows_1, _ln_rows_2, _ln_rows_3)
+"""One kernel per rounding mode id (each compiles on first use only)."""
+
+
+def layernorm_requant_fast(x: np.ndarray, eps_q: int, frac_bits: int, rc: RequantConsts, out_dtype, *,
+                           _force_exact: bool = False) -> np.ndarray | None:
+    """``layernorm_requant_ref`` for int8/16/32 ``x [T, C]`` with ``C*max|x| < 2^31`` (H1), ``frac_bits <= 20``
+    and ``2*sqrt(C-1)*2^F + 1 < 2^31 - 2`` (no norm can leave int32); None otherwise, or when a row fails H2
+    (the caller's fallback raises the reference's error).  ``_force_exact`` (tests) runs every row through
+    the exact (remainder) element loop.
     """
     if x.ndim != 2 or x.dtype.kind != "i" or x.dtype.itemsize > 4 or not 0 <= frac_bits <= 20:
         return None
     t, c = x.shape
-    if c == 0 or c != rc.c or not 0 <= int(eps_q) < _LIM62:
+    f = int(frac_bits)
+    if c == 0 or c != rc.c or not 0 <= int(eps_q) < _LIM62 or 4 * (c - 1) << (2 * f) >= ((1 << 31) - 3) ** 2:
         return None
-    xmax = max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0))))
-    if c * xmax >= (1 << 31):
-        return None
+    if x.dtype.itemsize <= 2:
+        xb = 1 << (8 * x.dtype.itemsize - 1)  # the dtype's bound on |x|
+    else:
+        xb = max(-int(x.min(initial=0)), int(x.max(initial=0)))
+    if c * xb >= (1 << 31):
+        if x.dtype.itemsize <= 2:
+            xb = max(-int(x.min(initial=0)), int(x.max(initial=0)))
+        if c * xb >= (1 << 31):
+            return None  # H1
     out = np.empty((t, c), dtype=out_dtype)
+    if t == 0:
+        return out
     bad = np.zeros(t, dtype=np.uint8)
-    _ln_rows(np.ascontiguousarray(x), int(eps_q), int(frac_bits), rc.mult, rc.sh, rc.half, rc.off, rc.zp, rc.lo,
-             rc.hi, rc.mode, out, bad)
+    fast = (c * xb) << f <= (1 << 46) and not _force_exact  # the fast loop's error bound (see _fast_row)
+    _LN_ROWS[rc.mode](np.ascontiguousarray(x), int(eps_q), float(1 << f), fast, (2 << f) - 1,
+                      rc.mult.astype(np.int32), rc.sh, rc.h, rc.sm, rc.off, rc.off + rc.h, rc.zp, rc.lo, rc.hi, out, bad)
     return None if bad.any() else out
