@@ -560,9 +560,10 @@ def _gemm_portable(a, kp, m, bp, cst, out, n):
 @njit(cache=True, parallel=True)
 def _rowsum_u8(a, m, lda, k, out):
     for r in prange(m):
+        row = a[r * lda:r * lda + k]  # a 0-based view: the reduction vectorizes (an offset index did not)
         s = np.int32(0)
         for kk in range(k):
-            s += np.int32(a[r * lda + kk])
+            s += np.int32(row[kk])
         out[r] = s
 
 
