@@ -58,7 +58,7 @@ def main():
             return [FU.softmax_log2_code(*args, **kw) for args, _ in calls]
 
         exact = {}
-        for name, kw in (("legacy", {"legacy": True}), ("new", {}), ("new, scalar gather", {"vec": False})):
+        for name, kw in (("legacy", {"legacy": True}), ("new", {}), ("new, plain-loop twins", {"vec": False})):
             exact[name] = all(np.array_equal(y, want) for y, (_, want) in zip(run(**kw), calls))
         to, tn = [], []
         for _ in range(a.repeats):

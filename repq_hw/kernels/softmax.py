@@ -46,6 +46,7 @@ __all__ = [
     "exp2_lut",
     "softmax",
     "softmax_fast",
+    "softmax_etable",
     "softmax_exp_row32",
     "softmax_fast2_consts",
     "softmax_fast_consts",
@@ -318,7 +319,7 @@ def softmax_fast(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast kernel v2 (int32 lanes, explicit LUT gather): used by the fused softmax -> log2_code chain
+# Fast kernel v2 (int32 lanes, explicit e-table gather): used by the fused softmax -> log2_code chain
 # ---------------------------------------------------------------------------------------------
 #
 # Per row, with d_j = m - x_j in [0, 2^32 - 1] and a_j = min(d_j, dlim) * M >= 0:
@@ -329,6 +330,8 @@ def softmax_fast(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut
 #   mode, so u -> min(u, ub) changes no e; u is non-decreasing in d and u(dlim) >= ub (c >= 0), so
 #   d -> min(d, dlim) changes no e either.  Then u <= ub < 2^17, n <= E + 2 <= 31, e in [0, 2^E] and
 #   S <= N * 2^E < 2^31 (checked by softmax_fast2_consts): every lane after the product is int32.
+#   e-table: e_j = T[u_j], T[u] the reference's rounding_rshift(LUT[u & (2^F-1)], u >> F) for every u in
+#   [0, ub] (softmax_etable: (E+2)*2^F + 1 int32 entries, built by the reference, cached per (F, E, mode)).
 
 _V16 = 16
 
@@ -369,55 +372,65 @@ def gather16_scalar(table, idx, out, j):
         out[t] = table[idx[t]]
 
 
+def _etable_build(f: int, e: int, mode: int) -> np.ndarray:
+    """int32 ``T[u] = rounding_rshift_ref(LUT[u & (2^F - 1)], min(u >> F, 62), mode)`` for u in [0, ub],
+    ub = (E + 2) * 2^F: the reference's e for every clamped u, evaluated by the reference itself
+    (T[ub] = 0, values in [0, 2^E], E <= 29)."""
+    ub = (e + 2) << f
+    u = np.arange(ub + 1, dtype=np.int64)
+    t = rounding_rshift_ref(exp2_lut(f, e)[u & ((1 << f) - 1)], np.minimum(u >> f, 62), mode)
+    if t[ub] != 0 or int(t.min()) < 0 or int(t.max()) > (1 << e):
+        raise AssertionError("softmax e-table outside its contract")
+    return t.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=32)
+def _etable_cached(f: int, e: int, mode: int) -> np.ndarray:
+    t = _etable_build(f, e, mode)
+    t.setflags(write=False)
+    return t
+
+
+def softmax_etable(frac_bits: int, lut_bits: int, rounding) -> np.ndarray:
+    """The read-only e-table of :func:`softmax_exp_row32` (see :func:`_etable_build`), cached per (F, E, mode)."""
+    return _etable_cached(int(frac_bits), int(lut_bits), mode_id(rounding))
+
+
 @njit(cache=True, inline="always")
-def softmax_exp_row32(x, i, m, s, c, dlim, ub, f, lut, mode, vec, fidx, nsh, v, erow):
+def softmax_exp_row32(x, i, m, s, c, dlim, ub, et, mode, vec, uidx, erow):
     """The e_j of row i of :func:`softmax_ref` into ``erow`` (int32, padded to a multiple of 16; pad lanes
     give e = 0) and returns S = sum_j e_j.  ``mode`` must be a compile-time constant at the call site
-    (the kernels dispatch once per call); ``fidx``/``nsh``/``v`` are private scratch rows of the same
-    padded length whose pad lanes hold 0 / 31 / anything (set once at allocation).  Constants from
+    (the kernels dispatch once per call); ``uidx`` is a private scratch row of the same padded length
+    whose pad lanes hold ``ub`` (set once at allocation; T[ub] = 0).  e_j = T[u_j] with the e-table
+    ``et`` of :func:`softmax_etable` (one gather, no rounding pass).  Constants from
     :func:`softmax_fast2_consts` (derivation in the comment above)."""
     n = x.shape[1]
     n16 = erow.shape[0]
-    mask = (np.int64(1) << f) - 1
     mx = x[i, 0]
     for j in range(1, n):
         mx = max(mx, x[i, j])
     mx64 = np.int64(mx)
     for j in range(n):
-        d = min(mx64 - np.int64(x[i, j]), dlim) & 0xFFFFFFFF  # in [0, dlim], dlim < 2^32
+        d = min(mx64 - np.int64(x[i, j]), dlim)  # in [0, dlim], dlim < 2^32
         a = d * m  # a + c + 1 < 2^63 (consts)
         if mode == 1:
             a += (a >> s) & 1
-        u = min((a + c) >> s, ub)  # in [0, ub], ub < 2^17
-        fidx[j] = np.int32(u & mask)
-        nsh[j] = np.int32(u >> f)  # <= E + 2 <= 31
+        uidx[j] = np.int32(min((a + c) >> s, ub))  # in [0, ub], ub < 2^17
     if vec:
         for j in range(0, n16, _V16):
-            gather16(lut, fidx, v, j)
+            gather16(et, uidx, erow, j)
     else:
         for j in range(0, n16, _V16):
-            gather16_scalar(lut, fidx, v, j)
+            gather16_scalar(et, uidx, erow, j)
     tot = np.int32(0)
     for j in range(n16):
-        vv = v[j]  # LUT[f] in (2^(E-1), 2^E], E <= 29; pad lanes: LUT[0] >> 31 -> 0 in every mode
-        sh = nsh[j]
-        if mode == 3:  # floor
-            e = vv >> sh
-        elif mode == 1:  # half_even
-            q = vv >> sh
-            r = vv - (q << sh)
-            h = (np.int32(1) << sh) >> 1
-            e = q + np.int32((r > h) | ((r == h) & (sh > 0) & ((q & 1) == 1)))
-        else:  # half_up, half_away (LUT[f] >= 0): floor((v + 2^(n-1)) / 2^n); v + 2^30 < 2^31
-            e = (vv + ((np.int32(1) << sh) >> 1)) >> sh
-        erow[j] = np.int32(e)
-        tot += np.int32(e)  # S <= N * 2^E < 2^31
+        tot += erow[j]  # S <= N * 2^E < 2^31
     return np.int64(tot)
 
 
 def softmax_fast2_consts(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int,
                          out_bits: int, rounding) -> tuple | None:
-    """The checked constants ``(m, s, c, dlim, ub, f, p, lut32, mode)`` of :func:`softmax_exp_row32` for
+    """The checked constants ``(m, s, c, dlim, ub, p, etable, mode)`` of :func:`softmax_exp_row32` for
     int32 ``x``, or None where its preconditions fail: ``lut_bits <= 29``, ``N * 2^E < 2^31``,
     ``dlim * M + 2^s < 2^63`` and ``2^(P+2) * N * 2^E < 2^63`` (the fused code step's thresholds)."""
     if x.dtype != np.int32 or x.ndim == 0 or x.shape[-1] == 0:
@@ -438,4 +451,4 @@ def softmax_fast2_consts(x: np.ndarray, multiplier: int, shift: int, frac_bits: 
         c = 0
     else:
         c = (1 << s) - 1 if mode == 3 else (1 << (s - 1)) if mode == 2 else (1 << (s - 1)) - 1
-    return m, s, c, dlim, ub, f, p, exp2_lut(f, e).astype(np.int32), mode
+    return m, s, c, dlim, ub, p, softmax_etable(f, e, mode), mode

@@ -99,3 +99,73 @@ def test_fused_detects_a_wrong_change_point():
     t2[v] = (t2[v] + 1) % 15
     got = FU.softmax_log2_code(x, m, s, f, e, p, "half_even", t2, np.uint8)
     assert np.array_equal(got, t2[probs]) and not np.array_equal(got, table[probs])
+
+
+def _rshift_exact(v: int, n: int, mode: str) -> int:
+    """v / 2^n rounded with ``mode``, v >= 0, by exact rational comparison (independent of the kernels)."""
+    q, r = divmod(v, 1 << n)
+    h2 = 2 * r  # compare r with 2^(n-1) as 2r with 2^n
+    if mode == "floor" or n == 0:
+        return q
+    if mode in ("half_up", "half_away"):
+        return q + (h2 >= (1 << n))
+    return q + (h2 > (1 << n) or (h2 == (1 << n) and q & 1))  # half_even
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+@pytest.mark.parametrize("fe", [(10, 22), (2, 4), (6, 29), (0, 1), (12, 20)])
+def test_etable_equals_exact_rounding_everywhere(mode, fe):
+    """The e-table, every entry: T[u] = round(LUT[u mod 2^F] / 2^(u >> F)) exactly, T[ub] = 0, read-only."""
+    from repq_hw.kernels.softmax import exp2_lut, softmax_etable
+    f, e = fe
+    t = softmax_etable(f, e, mode)
+    lut = [int(v) for v in exp2_lut(f, e)]
+    ub = (e + 2) << f
+    assert t.dtype == np.int32 and t.shape == (ub + 1,) and not t.flags.writeable and t[ub] == 0
+    want = [_rshift_exact(lut[u & ((1 << f) - 1)], min(u >> f, 62), mode) for u in range(ub + 1)]
+    assert np.array_equal(t, np.array(want, dtype=np.int64))
+
+
+@pytest.mark.parametrize("nd", [0, 1, 3, 19, 64])
+def test_code_intrinsics_equal_their_twin(nd):
+    """_codes16 / _codes32 (register counts) against the plain-loop twin, random e, thresholds and weights."""
+    from numba import njit
+
+    @njit
+    def both(erow, g, w, base, lanes, a1, a2):
+        for j in range(0, erow.shape[0], lanes):
+            if lanes == 32:
+                FU._codes32(erow, j, g, w, g.shape[0], base, a1)
+            else:
+                FU._codes16(erow, j, g, w, g.shape[0], base, a1)
+            FU._codes_scalar(erow, j, g, w, g.shape[0], base, a2, lanes)
+
+    rng = np.random.default_rng(nd)
+    for lanes in (16, 32):
+        erow = rng.integers(0, 1 << 22, 96).astype(np.int32)
+        erow[:4] = [0, (1 << 31) - 1, 5, 6]
+        g = np.sort(rng.integers(0, 1 << 22, nd)).astype(np.int32)
+        if nd:
+            g[0] = erow[2]  # a tie: e == G counts
+        w = rng.integers(-3, 4, nd).astype(np.int32)
+        a1, a2 = np.full(96, -7, np.int32), np.full(96, 7, np.int32)
+        both(erow, g, w, np.int32(40), lanes, a1, a2)
+        want = 40 + (w[None, :] * (erow[:, None] >= g[None, :])).sum(axis=1)
+        assert np.array_equal(a1, want) and np.array_equal(a2, want)
+
+
+@pytest.mark.parametrize("vec", [True, False])
+def test_fused_constant_table_and_single_change_point(vec):
+    """nd = 0 (a constant code table) and nd = 1, every mode, n = 1 .. 200 (both lane widths and tails)."""
+    rng = np.random.default_rng(8)
+    m, s, f, e, p = ATTRS[0]
+    const = np.full((1 << (p + 1)) + 1, 3, np.uint8)
+    step = const.copy()
+    step[1000:] = 9
+    for mode in ROUNDING_MODES:
+        for n in (1, 2, 16, 31, 32, 33, 49, 197, 200):
+            x = rows(rng, n, 1 << 20)
+            probs = softmax_ref(x, m, s, f, e, p, mode)
+            for t in (const, step):
+                got = FU.softmax_log2_code(x, m, s, f, e, p, mode, t, np.uint8, vec=vec)
+                assert np.array_equal(got, t[probs]), (mode, n)
