@@ -538,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input: one line ``repq-hw: error: ...`` and exit 2 (argparse does the same for
     bad arguments); an internal error: one line saying so, exit 1; Ctrl-C: exit 130. ``--debug`` (or
     REPQ_HW_DEBUG=1) re-raises instead, with the traceback."""
+    whole_process = argv is None  # the console script / ``python -m``: this process ends when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
@@ -550,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if _debug_requested(argv, args):
             raise
+        if whole_process:  # the exit is decided: a late signal (a shutdown's stray SIGINT) must not turn
+            import signal  # exit 130 into a death by signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         print("repq-hw: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the output was piped into e.g. `head`, which has exited: stop quietly

@@ -413,10 +413,10 @@ def reference_uniform_score(x: torch.Tensor, delta: torch.Tensor, zero_point: to
 
 def _near_tie_rows(scores: torch.Tensor) -> list[int]:
     """Rows whose best float64 score has a rival within SCORE_TIE_BAND (relative)."""
-    s = scores.double()
-    best = s.min(dim=1, keepdim=True).values
-    near = (s - best) <= SCORE_TIE_BAND * best.abs()
-    return torch.nonzero(near.sum(dim=1) > 1).flatten().tolist()
+    s = scores.detach().cpu().double().numpy()  # numpy: the same float64 operations, no torch dispatch
+    best = s.min(axis=1, keepdims=True)
+    near = (s - best) <= SCORE_TIE_BAND * np.abs(best)
+    return np.flatnonzero(near.sum(axis=1) > 1).tolist()
 
 
 def _reference_pick(scores) -> int:
@@ -445,7 +445,10 @@ def uniform_search(rows: torch.Tensor, n_bits: int, view=None) -> tuple[torch.Te
     levels = 2**n_bits - 1
     maxs, mins = percentile_bounds(rows, PERCENTILES)
     deltas = ((maxs - mins) / levels).clamp_min(MIN_DELTA)
-    zps = torch.round(-mins / deltas)
+    zps = -mins / deltas
+    # round half to even either way; np.rint on the CPU because torch.round of these few elements may
+    # start a parallel region (a thread wake-up that costs milliseconds on a loaded machine)
+    zps = torch.from_numpy(np.rint(zps.numpy())) if _cpu_f32(zps) else torch.round(zps)
     scores = _uniform_scores(rows, deltas, zps, n_bits)
     best = scores.argmin(dim=1)  # first minimum, as a strict "<" scan
     if _fusable(rows):
@@ -554,14 +557,15 @@ def reference_log_sqrt2_score(x: torch.Tensor, delta: torch.Tensor, n_bits: int)
 class _ReferenceView:
     """view(c): the tensor the reference scores for channel c: its ``x.clone()`` (strides kept where x
     is dense, else contiguous), whole for per-tensor, ``[..., c]`` / ``[c]`` channel-wise. Cloned on
-    first use only (near ties are rare)."""
+    first use only (near ties are rare), and not at all where x is contiguous (its clone would have the
+    same strides and values, and the scores only read it)."""
 
     def __init__(self, x: torch.Tensor, channel_wise: bool, axis: int):
         self.x, self.channel_wise, self.axis, self.clone = x.detach(), channel_wise, axis, None
 
     def __call__(self, c: int) -> torch.Tensor:
-        if self.clone is None:
-            self.clone = self.x.clone()
+        if self.clone is None:  # a contiguous x is what its clone would be: same strides, same values
+            self.clone = self.x if self.x.is_contiguous() else self.x.clone()
         return self.clone.select(self.axis, c) if self.channel_wise else self.clone
 
 

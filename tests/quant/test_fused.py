@@ -240,3 +240,135 @@ def test_log_sqrt2_forward_is_bit_identical(bits, zero_state):
     q.delta, q.inited = torch.tensor(0.8), True
     got, want = q(x), log_sqrt2_dequant(x, torch.tensor(0.8), bits, zero_state)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+# --- serial and parallel drivers (fused.PARALLEL_MIN picks one by size): the same chunks in the same
+# order, so every kernel must return the same bits from either; and the fast paths of quantizers.py.
+
+
+def _both_drivers(monkeypatch, fn):
+    """fn() once with every kernel forced serial and once forced parallel."""
+    monkeypatch.setattr(fused, "PARALLEL_MIN", 1 << 62)
+    serial = fn()
+    monkeypatch.setattr(fused, "PARALLEL_MIN", 0)
+    return serial, fn()
+
+
+def _bits_equal(a, b):
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (3, 2 * fused.CHUNK + 9), (40, 333), (1, 5 * fused.CHUNK)])
+def test_search_kernels_serial_equals_parallel(monkeypatch, shape):
+    g = torch.Generator().manual_seed(shape[1])
+    rows = (torch.randn(shape, generator=g) ** 3).numpy()
+    rows[0, : min(shape[1], 50)] = np.where(np.arange(min(shape[1], 50)) % 2, 0.0, -0.0)  # signed zeros
+    deltas = (torch.rand(shape[0], 3, generator=g) * 0.2 + 0.01).numpy()
+    zps = torch.randint(0, 16, (shape[0], 3), generator=g).float().numpy()
+    k = min(shape[1], 7)
+    flat = rows.reshape(-1)
+    pos = np.abs(flat)
+    cands = np.array([pos.max() + 0.01, 0.5, 0.05], np.float32)
+    tables = torch.stack([qz.log_sqrt2_table(float(d), 4) for d in cands]).numpy()
+    th = (np.float32(np.quantile(flat, 0.9)), np.float32(np.quantile(flat, 0.1)))
+
+    def run():
+        return (fused.uniform_sq_err(rows, deltas, zps, 15), *fused.row_tails(rows, k),
+                *fused.beyond_thresholds(flat, *th), fused.log_sqrt2_sq_err(pos, cands, tables, 16),
+                np.int64(fused.count_nonfinite(flat)))
+
+    for a, b in zip(*_both_drivers(monkeypatch, run)):
+        assert _bits_equal(a, b)
+    serial = _both_drivers(monkeypatch, run)[0]
+    assert np.array_equal(serial[3], flat[flat >= th[0]]) and np.array_equal(serial[4], flat[flat <= th[1]])
+    for got, want in zip(serial[1:3], topk_both(torch.from_numpy(rows), k)):
+        assert torch.equal(torch.from_numpy(got), want)
+
+
+@pytest.mark.parametrize("case", ["tensor", "last_axis", "axis0", "q", "k^T"])
+def test_fake_quant_serial_equals_parallel_and_definition(monkeypatch, case):
+    g = torch.Generator().manual_seed(11)
+    base = tie_heavy_values(g, 4000, 0.21)  # 12,000 values
+    if case in ("q", "k^T"):
+        x, cw, axis = attention_views(g)[case] * 3, False, -1
+    else:
+        x = base.reshape(24, 20, 25)
+        cw, axis = {"tensor": (False, -1), "last_axis": (True, -1), "axis0": (True, 0)}[case]
+    q = UniformQuantizer(4, channel_wise=cw, channel_axis=axis)
+    q.calibrate(x)
+    d, z = q._broadcast(q.delta, x), q._broadcast(q.zero_point, x)
+    want = torch_uniform_dequant(x, d, z, 15)
+    for got in _both_drivers(monkeypatch, lambda: q(x)):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)) and got.stride() == want.stride()
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_log_sqrt2_from_log2_serial_parallel_and_definition(monkeypatch, inplace):
+    x = torch.from_numpy(wide_positive_values(np.random.default_rng(7), 3 * fused.CHUNK))  # NaN, inf, 0, < 0
+    d = torch.tensor(0.8)
+    table = qz.log_sqrt2_table(d, 4).numpy()
+    want = log_sqrt2_dequant(x, d, 4, "reference")
+
+    def run():
+        log2q = torch.div(x, d).log2_().numpy()
+        out = log2q if inplace else np.empty_like(log2q)
+        fused.log_sqrt2_from_log2(log2q, table, 16, out)
+        return out
+
+    for got in _both_drivers(monkeypatch, run):
+        assert torch.equal(torch.from_numpy(got).view(torch.int32), want.view(torch.int32))
+    with pytest.raises(ValueError, match="overlap"):
+        buf = np.zeros(10, np.float32)
+        fused.log_sqrt2_from_log2(buf[1:], table, 16, buf[:-1])
+
+
+def test_row_tails_block_skip_equals_element_scan():
+    """Rows whose extremes arrive late, early, in runs and as ties at block edges (TAIL_BLOCK)."""
+    n = 7 * fused.TAIL_BLOCK + 5
+    ramp = np.arange(n, dtype=np.float32)
+    rows = np.stack([ramp, ramp[::-1], np.zeros(n, np.float32), np.where(ramp % 33 == 0, ramp, -ramp),
+                     np.sin(ramp).astype(np.float32), np.repeat(np.float32([1, -2, 3]), n // 3 + 1)[:n]])
+    for k in (1, 3, fused.TAIL_BLOCK, fused.TAIL_BLOCK + 1):
+        up, lo = fused.row_tails(rows, k)
+        for c, r in enumerate(rows):  # the definition: k extremes by sorting, most extreme first
+            assert np.array_equal(up[c], np.sort(r)[::-1][:k]) and np.array_equal(lo[c], np.sort(r)[:k])
+
+
+def test_near_tie_rows_is_the_torch_expression():
+    g = torch.Generator().manual_seed(8)
+    s = torch.rand(500, 3, generator=g, dtype=torch.float64)
+    s[::7, 1] = s[::7, 0] * (1 + qz.SCORE_TIE_BAND / 2)  # near ties
+    s[::11, 2] = s[::11, 0]  # exact ties
+    s[5, 0] = math.nan
+    best = s.min(dim=1, keepdim=True).values
+    want = torch.nonzero(((s - best) <= qz.SCORE_TIE_BAND * best.abs()).sum(dim=1) > 1).flatten().tolist()
+    assert qz._near_tie_rows(s) == want and len(want) > 50
+
+
+def test_zero_point_rounding_is_torch_round():
+    """uniform_search rounds the zero points with np.rint on the CPU: half to even, -0.0 kept, as torch."""
+    v = torch.tensor([-2.5, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.4999998, 1e8 + 0.5, math.nan, -math.inf])
+    assert torch.equal(torch.from_numpy(np.rint(v.numpy())).view(torch.int32)[:-2], torch.round(v).view(torch.int32)[:-2])
+    rows = torch.randn(6, 700, generator=torch.Generator().manual_seed(9)) * 3
+    d, z = qz.uniform_search(rows, 4)
+    levels = 15
+    maxs, mins = qz.percentile_bounds(rows, qz.PERCENTILES)
+    deltas = ((maxs - mins) / levels).clamp_min(qz.MIN_DELTA)
+    zps = torch.round(-mins / deltas)
+    for c in range(6):  # each row's choice is one of the torch-expression candidates, bit for bit
+        assert any(z[c].view(torch.int32) == zps[c, j].view(torch.int32)
+                   and d[c].view(torch.int32) == deltas[c, j].view(torch.int32) for j in range(3))
+
+
+def test_reference_view_of_contiguous_data_is_its_clone_layout():
+    x = torch.randn(4, 5, 6)
+    for cw, axis in ((False, -1), (True, -1), (True, 0)):
+        view = qz._ReferenceView(x, cw, axis)
+        ref = x.clone()
+        for c in (0, 3):
+            got, want = view(c), (ref.select(axis, c) if cw else ref)
+            assert torch.equal(got, want) and got.stride() == want.stride() and got.shape == want.shape
+    strided = x.transpose(0, 2)[::2]  # not dense: the view is a clone, not x
+    view = qz._ReferenceView(strided, False, -1)
+    assert view(0).data_ptr() != strided.data_ptr() and torch.equal(view(0), strided)
