@@ -781,9 +781,11 @@ def _pack_s8_panels32(b, i, off, kqn, b8, bp):
 
 
 @njit(cache=True)
-def bmm_vnni_prep(a, i, za, b, zb, off):
-    """Batch i of q.k^T on the vnni path, packed once: (a8 uint8 rows with K padded to 4, kp, row sums,
-    bp int8 panels of b - off, per-column constants, per-column row-sum factors e = off - zb).
+def bmm_vnni_prep_into(a, i, za, b, zb, off, a8, rowsum, bp, cst, ev):
+    """Batch i of q.k^T on the vnni path, packed once into caller-owned scratch: a8 (uint8 rows with K padded
+    to 4; used only where K is not a multiple of 4), row sums, bp (int8 panels of b - off), per-column
+    constants cst and row-sum factors ev = off - zb; bp, cst and ev are sized for the panels and stay zero
+    past N and K (allocated zeroed once, those entries are never written).  Returns the a8 rows.
 
     off is 128 (``bmm_vnni_offset``), so b - off as a byte is b ^ 0x80: b's rows are moved four bytes at a
     time with one xor.  Row sums are only formed where e != 0 (the tile adds e * rowsum only then)."""
@@ -791,16 +793,13 @@ def bmm_vnni_prep(a, i, za, b, zb, off):
     nn = b.shape[1]
     kqn = (k + 3) // 4
     kp = 4 * kqn
-    npan = (nn + 31) // 32
     e = np.int32(off - zb)
     if kp == k:
         a8 = a[i].reshape(-1)
     else:
-        a8 = np.zeros(m * kp, dtype=np.uint8)
         for r in range(m):
             for kk in range(k):
                 a8[r * kp + kk] = a[i, r, kk]
-    rowsum = np.zeros(m, dtype=np.int32)
     if e != 0:
         for r in range(m):
             row = a8[r * kp:(r + 1) * kp]
@@ -808,11 +807,8 @@ def bmm_vnni_prep(a, i, za, b, zb, off):
             for kk in range(kp):
                 s += np.int32(row[kk])
             rowsum[r] = s
-    bp = np.zeros(npan * kqn * 128, dtype=np.int8)  # panel columns past N and k past K stay 0
-    d32 = bp.view(np.uint32)
+    d32 = bp.view(np.uint32)  # panel columns past N and k past K stay 0 (never written)
     flip = np.uint32(0x80808080)
-    cst = np.zeros(npan * 32, dtype=np.int32)
-    ev = np.zeros(npan * 32, dtype=np.int32)
     for c in range(nn):
         row = b[i, c]
         base = (c >> 5) * kqn * 32 + (c & 31)
@@ -830,7 +826,7 @@ def bmm_vnni_prep(a, i, za, b, zb, off):
         # const = -za*colsum(b - off) - K*za*e  (gemm_pack's identity with bias 0)
         cst[c] = np.int32(-za * s - k * za * e)
         ev[c] = e
-    return a8, kp, rowsum, bp, cst, ev
+    return a8
 
 
 @njit(cache=True)
@@ -845,13 +841,22 @@ def bmm_vnni_rows(tag, a8, kp, r0, rows, rowsum, bp, cst, ev, use_rs, nn, out):
 
 @njit(cache=True, parallel=True)
 def _bmm_vnni(tag, a, za, b, zb, off, out):
-    nb, m = a.shape[0], a.shape[1]
+    nb, m, k = a.shape
     nn = b.shape[1]
-    for i in prange(nb):
-        a8, kp, rowsum, bp, cst, ev = bmm_vnni_prep(a, i, za, b, zb, off)
-        o = out[i].reshape(-1)
-        for r0 in range(0, m, 8):
-            bmm_vnni_rows(tag, a8, kp, r0, min(8, m - r0), rowsum, bp, cst, ev, off != zb, nn, o[r0 * nn:])
+    kqn = (k + 3) // 4
+    npan = (nn + 31) // 32
+    nch = min(nb, 16)  # scratch allocated once per chunk of batches
+    for ch in prange(nch):
+        a8s = np.zeros(m * 4 * kqn, dtype=np.uint8)
+        rowsum = np.zeros(m, dtype=np.int32)
+        bp = np.zeros(npan * kqn * 128, dtype=np.int8)
+        cst = np.zeros(npan * 32, dtype=np.int32)
+        ev = np.zeros(npan * 32, dtype=np.int32)
+        for i in range(ch * nb // nch, (ch + 1) * nb // nch):
+            a8 = bmm_vnni_prep_into(a, i, za, b, zb, off, a8s, rowsum, bp, cst, ev)
+            o = out[i].reshape(-1)
+            for r0 in range(0, m, 8):
+                bmm_vnni_rows(tag, a8, 4 * kqn, r0, min(8, m - r0), rowsum, bp, cst, ev, off != zb, nn, o[r0 * nn:])
 
 
 def bmm_vnni_offset(k: int, za: int, zb: int) -> int | None:
