@@ -10,11 +10,12 @@ the softmax row loops did not vectorize on the tile's scratch buffer; so it is n
 ==========================  ==========================================  =====================================
 chain                       composes                                    intermediate that is not stored
 ==========================  ==========================================  =====================================
-``softmax_log2_code``       ``softmax.softmax_exp_row32`` then the      the uint{P} probabilities
-                            codes from per-row thresholds on e equal
-                            to the ``log2_code`` table (the reference
-                            evaluated on every input); the legacy
-                            ``softmax_fast_row`` + table as fallback
+``softmax_log2_code``       ``softmax.softmax_exp_row32`` then          the uint{P} probabilities
+                            ``log2_code._code_row`` (codes from per-row
+                            thresholds on e, equal to the log2_code
+                            table, the reference evaluated on every
+                            input); legacy ``softmax_fast_row`` + table
+                            as fallback
 ``gemm_requant``            ``gemm_vnni._tile_vnni`` (8 x 32 tiles,     the int32 GEMM products
                             panel by panel over a block of <= 32 rows)
                             then ``rounding._requant_row``'s arithmetic
@@ -37,12 +38,10 @@ chain                       composes                                    intermed
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir as llir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from .gemm_vnni import _a_u8, _rowsum_u8, _tag, _tile_vnni
+from .log2_code import _change_points, _code_row
 from .rounding import _requant_row, _rshift_add
 from .softmax import softmax_exp_row32, softmax_fast2_consts, softmax_fast_consts, softmax_fast_row
 
@@ -69,102 +68,6 @@ def _softmax_log2_rows_legacy(x, m, s, half_s, f, p, lut, mode, table, out, bad)
                 miss |= np.int64(not ok)
             if miss:
                 bad[0] = 1
-
-
-_CP_MAX = 64  # most change points of the code table the compare form takes (else: legacy kernel)
-
-
-def _codes_vec(lanes: int):
-    """An intrinsic ``f(erow, j, g, w, nd, base, acc)``: ``acc[j:j+lanes] = base + sum_{k<nd} w_k [erow >= g_k]``
-    for 1-D C int32 arrays (in range, NOT checked), the lanes' counts held in one <lanes x i32> register
-    across the nd change points (target-independent LLVM vectors: AVX-512, AVX2 or SSE).  Twin:
-    :func:`_codes_scalar`."""
-
-    @intrinsic
-    def codes(typingctx, erow, j, g, w, nd, base, acc):
-        for t in (erow, g, w, acc):
-            if not (isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.int32):
-                raise TypeError(f"codes: expected 1-D C int32 arrays, got {t}")
-
-        def codegen(context, builder, sig, args):
-            i32 = llir.IntType(32)
-            vt = llir.VectorType(i32, lanes)
-            er, ga, wa, ac = (context.make_array(sig.args[k])(context, builder, args[k]) for k in (0, 2, 3, 6))
-
-            def splat(v):
-                v0 = builder.insert_element(llir.Constant(vt, llir.Undefined), v, llir.Constant(i32, 0))
-                return builder.shuffle_vector(v0, llir.Constant(vt, llir.Undefined), llir.Constant(vt, None))
-
-            ev = builder.load(builder.bitcast(builder.gep(er.data, [args[1]]), vt.as_pointer()), align=4)
-            slot = cgutils.alloca_once(builder, vt)
-            builder.store(splat(context.cast(builder, args[5], sig.args[5], types.int32)), slot)
-            nd = context.cast(builder, args[4], sig.args[4], types.intp)
-            with cgutils.for_range(builder, nd) as loop:
-                gk = builder.load(builder.gep(ga.data, [loop.index]))
-                wk = builder.load(builder.gep(wa.data, [loop.index]))
-                sel = builder.select(builder.icmp_signed(">=", ev, splat(gk)), splat(wk), llir.Constant(vt, None))
-                builder.store(builder.add(builder.load(slot), sel), slot)
-            builder.store(builder.load(slot), builder.bitcast(builder.gep(ac.data, [args[1]]), vt.as_pointer()),
-                          align=4)
-            return context.get_dummy_value()
-
-        return types.void(erow, j, g, w, nd, base, acc), codegen
-
-    return codes
-
-
-_codes16 = _codes_vec(16)
-_codes32 = _codes_vec(32)
-
-
-@njit(cache=True, inline="always")
-def _codes_scalar(erow, j, g, w, nd, base, acc, lanes):
-    """Plain-loop twin of the ``_codes_vec(lanes)`` intrinsics (same results)."""
-    for t in range(j, j + lanes):
-        a = np.int32(base)
-        ej = erow[t]
-        for k in range(nd):
-            a += w[k] & -np.int32(ej >= g[k])
-        acc[t] = a
-
-
-@njit(cache=True, inline="always")
-def _code_row(erow, tot, p, mode, dpts, w, base, vec, g, acc, out, i):
-    """codes of one row from its e_j (``erow``, int32, padded to a multiple of 16) and S = ``tot``, without P_j:
-    code(P) = base + sum_k w_k [P >= d_k] over the table's change points d_k in [1, 2^P], and since
-    round_div(e * 2^P, S) is non-decreasing in e, P_j >= d  <=>  e_j >= G(d) with
-      floor:               G = ceil(d*S / 2^P)
-      half_up, half_away:  G = ceil((2d-1)*S / 2^(P+1))            (num >= 0: ties go up)
-      half_even:           G = ceil(X / 2^(P+1)) if d even, floor(X / 2^(P+1)) + 1 if d odd, X = (2d-1)*S
-    ((2d-1)*S <= 2^(P+1) * N * 2^E < 2^62: consts).  Then per 32 (16 at the end) lanes, counts in registers."""
-    n = out.shape[1]
-    nd = dpts.shape[0]
-    for k in range(nd):
-        d = dpts[k]
-        if mode == 3:
-            gk = (d * tot + (np.int64(1) << p) - 1) >> p
-        elif mode == 1:
-            xx = (2 * d - 1) * tot
-            gk = ((xx + (np.int64(1) << (p + 1)) - 1) >> (p + 1)) if (d & 1) == 0 else (xx >> (p + 1)) + 1
-        else:
-            gk = ((2 * d - 1) * tot + (np.int64(1) << (p + 1)) - 1) >> (p + 1)
-        g[k] = np.int32(min(gk, np.int64(0x7FFFFFFF)))  # e <= 2^E < 2^31: a clamped G is never reached
-    n16 = erow.shape[0]
-    j = 0
-    if vec:
-        while j + 32 <= n16:
-            _codes32(erow, j, g, w, nd, base, acc)
-            j += 32
-        if j < n16:
-            _codes16(erow, j, g, w, nd, base, acc)
-    else:
-        while j + 32 <= n16:
-            _codes_scalar(erow, j, g, w, nd, base, acc, 32)
-            j += 32
-        if j < n16:
-            _codes_scalar(erow, j, g, w, nd, base, acc, 16)
-    for j in range(n):
-        out[i, j] = acc[j]
 
 
 @njit(cache=True, inline="always")
@@ -194,30 +97,6 @@ def _softmax_log2_rows(x, m, s, c, dlim, ub, p, et, mode, vec, dpts, w, base, ou
                 _softmax_log2_row(x, i, m, s, c, dlim, ub, p, et, 2, vec, dpts, w, base, uidx, erow, g, acc, out)
             else:
                 _softmax_log2_row(x, i, m, s, c, dlim, ub, p, et, 3, vec, dpts, w, base, uidx, erow, g, acc, out)
-
-
-_CP_CACHE: dict = {}
-
-
-def _change_points(table: np.ndarray, out_dtype, p: int):
-    """(d_k int64, w_k int32, base) of ``table.astype(out_dtype)`` over [0, 2^P]:
-    ``t[P] = base + sum_k w_k [P >= d_k]``; None where the form does not apply (the table does not cover
-    [0, 2^P], the codes are wider than 16 bits, or more than _CP_MAX change points).  Cached per table object."""
-    key = (id(table), np.dtype(out_dtype).str, p)
-    hit = _CP_CACHE.get(key)
-    if hit is not None and hit[0] is table:
-        return hit[1]
-    got = None
-    od = np.dtype(out_dtype)
-    if table.ndim == 1 and table.shape[0] > (1 << p) and od.kind in "iu" and od.itemsize <= 2:
-        t = table[:(1 << p) + 1].astype(od).astype(np.int64)
-        d = np.flatnonzero(t[1:] != t[:-1]) + 1
-        if d.size <= _CP_MAX:
-            got = (d.astype(np.int64), (t[d] - t[d - 1]).astype(np.int32), int(t[0]))
-    if len(_CP_CACHE) > 256:
-        _CP_CACHE.clear()
-    _CP_CACHE[key] = (table, got)
-    return got
 
 
 def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int, lut_bits: int, out_bits: int,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from repq_hw.kernels import fused as FU
+from repq_hw.kernels import log2_code as L2
 from repq_hw.kernels.log2_code import log2_code_ref, log2_code_table, log2_thresholds
 from repq_hw.kernels.rounding import ROUNDING_MODES
 from repq_hw.kernels.softmax import softmax_fast2_consts, softmax_ref
@@ -135,10 +136,10 @@ def test_code_intrinsics_equal_their_twin(nd):
     def both(erow, g, w, base, lanes, a1, a2):
         for j in range(0, erow.shape[0], lanes):
             if lanes == 32:
-                FU._codes32(erow, j, g, w, g.shape[0], base, a1)
+                L2._codes32(erow, j, g, w, g.shape[0], base, a1)
             else:
-                FU._codes16(erow, j, g, w, g.shape[0], base, a1)
-            FU._codes_scalar(erow, j, g, w, g.shape[0], base, a2, lanes)
+                L2._codes16(erow, j, g, w, g.shape[0], base, a1)
+            L2._codes_scalar(erow, j, g, w, g.shape[0], base, a2, lanes)
 
     rng = np.random.default_rng(nd)
     for lanes in (16, 32):
