@@ -551,12 +551,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if _debug_requested(argv, args):
             raise
-        if whole_process:  # the exit is decided: a late signal (a shutdown's stray SIGINT) must not turn
-            import signal  # exit 130 into a death by signal
-
+        print("repq-hw: interrupted", file=sys.stderr)
+        if whole_process:  # the exit is decided and everything started was shut down on the way out (the
+            import signal  # runner's close): end here, so that no late signal (the local cluster's
+            # shutdown sent a stray SIGINT under load: exit -2) and no exit handler can change the status
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
-        print("repq-hw: interrupted", file=sys.stderr)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(130)
         return 130
     except BrokenPipeError:  # the output was piped into e.g. `head`, which has exited: stop quietly
         try:

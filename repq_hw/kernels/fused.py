@@ -255,8 +255,8 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
     a8, kp, rowsum = ops
     per_col = {k: np.zeros(n, np.int64) for k in ("mult", "sh", "h", "sm", "off")}
     for s0, rc in zip(starts, rcs):
-        for k in per_col:
-            per_col[k][s0:s0 + width] = getattr(rc, k)
+        for k, col in per_col.items():
+            col[s0:s0 + width] = getattr(rc, k)
     if heads is None:
         row_stride, head_stride, head_block = width, d, 0
     else:

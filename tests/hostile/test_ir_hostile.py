@@ -323,7 +323,7 @@ def test_validation_is_not_skipped_after_an_edit(which):
     x = golden_input(g, 1)
     run_graph(g, x, "fast")
     run_graph(g, x, "fast")  # the second call takes the plan's cached validation
-    what, edit = _edits_that_break_validation(g)[which]
+    _what, edit = _edits_that_break_validation(g)[which]
     edit()
     with pytest.raises(IRValidationError):
         run_graph(g, x, "fast")
