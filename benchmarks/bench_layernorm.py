@@ -27,22 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cached_graph, machine, save_json
 
+from repq_hw.kernels.layernorm import _isqrt  # unchanged by issue #15: shared with the current kernel
 from repq_hw.kernels.rounding import RequantConsts, floor_div_recip, round_div_fix, rounding_rshift_bf
 
 _LIM62 = 1 << 62
 
 # ---- the previous fast kernel (repq_hw/kernels/layernorm.py before issue #15), kept here for the comparison
-
-
-@njit(cache=False)
-def _isqrt_prev(n):
-    """floor(sqrt(n)) for 0 <= n < 2^62: float estimate, then exact integer correction."""
-    r = np.int64(np.sqrt(np.float64(n)))
-    while r * r > n:
-        r -= 1
-    while (r + 1) * (r + 1) <= n:
-        r += 1
-    return r
 
 
 @njit(cache=False, parallel=True)
@@ -60,7 +50,7 @@ def _ln_rows_prev(x, eps, f, mult, sh, half, off, zp, lo, hi, mode, out, bad):
         if tot >= (np.int64(1) << 62):
             bad[i] = 1
             continue
-        sigma = _isqrt_prev(tot)
+        sigma = _isqrt(tot)
         if sigma == 0:
             for j in range(c):  # norm = 0
                 y = rounding_rshift_bf(off[j], sh[j], half[j], mode)

@@ -462,8 +462,6 @@ def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node
     if len(widths) != 1 or len(dts) != 1:
         return None
     w = widths.pop()
-    if min(starts) < 0 or max(starts) + w > gemm_step.pk.n:
-        return None
     rcs = []
     for rq in rqs:
         rc = _requant_consts(g, rq, w)
@@ -471,11 +469,15 @@ def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node
             return None
         rcs.append(rc)
     pk, dt = gemm_step.pk, dts.pop()
+    consts = FU.slice_consts(starts, w, rcs, pk.n)
+    if consts is None:
+        return None
 
     def step(args):
         x = args[0]
         b, m, k = x.shape
-        ys = FU.gemm_requant_slices(np.ascontiguousarray(x).reshape(b * m, k), pk, starts, w, rcs, dt, heads)
+        ys = FU.gemm_requant_slices(np.ascontiguousarray(x).reshape(b * m, k), pk, starts, w, rcs, dt, heads,
+                                    consts)
         if ys is None:
             return None
         return tuple(ys) if heads is not None else tuple(y.reshape(b, m, w) for y in ys)
@@ -575,11 +577,14 @@ def _gemm_requant(g: Graph, gemm_step, rq: Node) -> Callable | None:
     if rc is None:
         return None
     pk = gemm_step.pk
+    consts = FU.slice_consts([0], pk.n, [rc], pk.n)
+    if consts is None:
+        return None
 
     def step(args):
         x = args[0]
         b, m, k = x.shape
-        y = FU.gemm_requant(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, out_t.storage)
+        y = FU.gemm_requant(np.ascontiguousarray(x).reshape(b * m, k), pk, rc, out_t.storage, consts)
         return None if y is None else y.reshape(b, m, -1)
 
     return step

@@ -212,7 +212,7 @@ def _vnni_operands(x: np.ndarray, pk, width: int):
     return a8, kp, rowsum
 
 
-def gemm_requant(x: np.ndarray, pk, rc, out_dtype) -> np.ndarray | None:
+def gemm_requant(x: np.ndarray, pk, rc, out_dtype, consts: tuple | None = None) -> np.ndarray | None:
     """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a ``vnni`` packing;
     None otherwise or when a precondition fails (the caller runs the two nodes unfused). The one-slice case of
     :func:`gemm_requant_slices`.
@@ -222,53 +222,74 @@ def gemm_requant(x: np.ndarray, pk, rc, out_dtype) -> np.ndarray | None:
         pk: ``gemm_vnni.prepare_gemm``'s packing.
         rc: ``rounding.RequantConsts`` of the requantize node.
         out_dtype: the requantize output's storage dtype.
+        consts: ``slice_consts([0], pk.n, [rc], pk.n)``, made once by a caller that runs the chain often.
     """
-    got = _requant_slices(x, pk, [0], pk.n, [rc], out_dtype)
+    got = _requant_slices(x, pk, [0], pk.n, [rc], out_dtype, None, consts)
     return None if got is None else got[0]
 
 
 def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype,
-                        heads: tuple[int, int, int] | None = None) -> list[np.ndarray] | None:
+                        heads: tuple[int, int, int] | None = None, consts: tuple | None = None
+                        ) -> list[np.ndarray] | None:
     """``[requant_fast(gemm_packed(x, pk)[:, s:s+width], rc) for s, rc in zip(starts, rcs)]`` (e.g. the q, k, v
     slices of the qkv projection) without storing the int32 products, for a ``vnni`` packing; None otherwise
-    (also for overlapping slices or constants of different rounding modes).
+    (also for constants of different rounding modes).
 
     ``heads = (H, G, N)``: each result is also split into heads as ``SPLIT_HEADS`` with H heads and G windows
-    does (x's M = B*G*N rows are B images of G windows of N tokens): ``[B, G*H, N, width/H]``."""
-    return _requant_slices(x, pk, starts, width, rcs, out_dtype, heads)
+    does (x's M = B*G*N rows are B images of G windows of N tokens): ``[B, G*H, N, width/H]``.
+    ``consts``: ``slice_consts(starts, width, rcs, pk.n)``, made once by a caller that runs the chain often."""
+    return _requant_slices(x, pk, starts, width, rcs, out_dtype, heads, consts)
+
+
+def slice_consts(starts: list[int], width: int, rcs: list, n: int) -> tuple | None:
+    """The requantize constants of :func:`gemm_requant_slices` laid out for its kernel (a pure function of
+    its arguments): per GEMM column (mult, sh, h, sm, off; one full-width slice uses rc's own arrays), per
+    slice (starts, zp, lo, hi), and the rounding mode's (e1, e2); None where the slices do not fit the n
+    columns, a constant set has another width, or the rounding modes differ."""
+    if (not rcs or len(starts) != len(rcs) or any(rc.c != width for rc in rcs) or len({rc.mode for rc in rcs}) != 1
+            or min(starts) < 0 or max(starts) + width > n):
+        return None
+    names = ("mult", "sh", "h", "sm", "off")
+    if list(starts) == [0] and width == n:
+        cols = tuple(getattr(rcs[0], k) for k in names)
+    else:
+        cols = tuple(np.zeros(n, np.int64) for _ in names)
+        for s0, rc in zip(starts, rcs):
+            for k, col in zip(names, cols):
+                col[s0:s0 + width] = getattr(rc, k)
+    per_slice = tuple(np.array(v, np.int64) for v in (starts, [rc.zp for rc in rcs], [rc.lo for rc in rcs],
+                                                      [rc.hi for rc in rcs]))
+    return cols, per_slice, (rcs[0].e1, rcs[0].e2)
 
 
 def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype,
-                    heads: tuple[int, int, int] | None = None) -> list[np.ndarray] | None:
-    if not rcs or len(starts) != len(rcs) or any(rc.c != width for rc in rcs) or len({rc.mode for rc in rcs}) != 1:
-        return None
+                    heads: tuple[int, int, int] | None = None, consts: tuple | None = None
+                    ) -> list[np.ndarray] | None:
+    if consts is None:
+        consts = slice_consts(starts, width, rcs, pk.n)
+        if consts is None:
+            return None
+    (mult, sh, h, sm, off), (starts_a, zp, lo, hi), (e1, e2) = consts
     m, n = x.shape[0], pk.n
     hh, groups, tokens = (1, 1, max(m, 1)) if heads is None else (int(v) for v in heads)
     if hh < 1 or groups < 1 or tokens < 1 or width % hh or m % (groups * tokens):
-        return None
-    if min(starts) < 0 or max(starts) + width > n:
         return None
     d = width // hh
     ops = _vnni_operands(x, pk, width)
     if ops is None:
         return None
     a8, kp, rowsum = ops
-    per_col = {k: np.zeros(n, np.int64) for k in ("mult", "sh", "h", "sm", "off")}
-    for s0, rc in zip(starts, rcs):
-        for k, col in per_col.items():
-            col[s0:s0 + width] = getattr(rc, k)
     if heads is None:
         row_stride, head_stride, head_block = width, d, 0
     else:
         row_stride, head_stride, head_block = d, tokens * d, hh * tokens * d
-    out = np.empty((len(rcs), m * width), dtype=out_dtype)
+    ns = starts_a.shape[0]
+    out = np.empty((ns, m * width), dtype=out_dtype)
     _gemm_vnni_slices(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, n,
-                      _block_rows(n), np.array(starts, np.int64), width, d, per_col["mult"], per_col["sh"],
-                      per_col["h"], per_col["sm"], per_col["off"], np.array([rc.zp for rc in rcs], np.int64),
-                      np.array([rc.lo for rc in rcs], np.int64), np.array([rc.hi for rc in rcs], np.int64),
-                      rcs[0].e1, rcs[0].e2, row_stride, head_stride, groups, tokens, head_block, out)
+                      _block_rows(n), starts_a, width, d, mult, sh, h, sm, off, zp, lo, hi, e1, e2, row_stride,
+                      head_stride, groups, tokens, head_block, out)
     shape = (m, width) if heads is None else (m // (groups * tokens), groups * hh, tokens, d)
-    return [out[si].reshape(shape) for si in range(len(rcs))]
+    return [out[si].reshape(shape) for si in range(ns)]
 
 
 @njit(cache=True, parallel=True)

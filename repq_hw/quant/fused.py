@@ -568,29 +568,27 @@ def count_nonfinite(x: np.ndarray) -> int:
     return int(_count_nonfinite(flat) if _parallel(flat.size) else _count_nonfinite_slice(flat))
 
 
+@njit(cache=True, inline="always")
+def _log_sqrt2_entry(v, table, lim):
+    """table[clamp(rint(-2 v), 0, 2^b - 1)] if rint(-2 v) < lim, else table[2^b] (the zero state; NaN too);
+    the index is selected, not branched, so the loops below vectorize."""
+    raw = np.rint(np.float32(-2.0) * v)
+    idx = min(max(raw, np.float32(0.0)), np.float32(table.shape[0] - 2))
+    idx = idx if raw < lim else np.float32(table.shape[0] - 1)
+    return table[np.int32(idx)]
+
+
 @njit(cache=True, error_model="numpy")
 def _log_sqrt2_from_log2_slice(ls, table, lim, os):
-    top = np.float32(table.shape[0] - 2)
-    zero = np.float32(0.0)
-    zero_idx = np.float32(table.shape[0] - 1)
     for i in range(ls.shape[0]):
-        raw = np.rint(np.float32(-2.0) * ls[i])
-        idx = min(max(raw, zero), top)
-        idx = idx if raw < lim else zero_idx  # NaN: the zero state; the index is selected, not branched
-        os[i] = table[np.int32(idx)]
+        os[i] = _log_sqrt2_entry(ls[i], table, lim)
 
 
 @njit(cache=True, error_model="numpy")
 def _log_sqrt2_from_log2_inplace(ls, table, lim):
     """_log_sqrt2_from_log2_slice with out = ls (one array: no overlap to check)."""
-    top = np.float32(table.shape[0] - 2)
-    zero = np.float32(0.0)
-    zero_idx = np.float32(table.shape[0] - 1)
     for i in range(ls.shape[0]):
-        raw = np.rint(np.float32(-2.0) * ls[i])
-        idx = min(max(raw, zero), top)
-        idx = idx if raw < lim else zero_idx  # NaN: the zero state; the index is selected, not branched
-        ls[i] = table[np.int32(idx)]
+        ls[i] = _log_sqrt2_entry(ls[i], table, lim)
 
 
 @njit(parallel=True, cache=True)

@@ -353,6 +353,15 @@ def test_softmax_log2_code_chain_edges():
     assert softmax_log2_code(x.astype(np.int64), 1 << 20, 22, 8, 22, 16, "half_even", table, np.uint8) is None
 
 
+def _chain_tiles(impl, monkeypatch):
+    """impl "generic": the GEMM chains' tiles run through the portable twin of every SIMD intrinsic."""
+    if impl == "generic":
+        import repq_hw.kernels.fused as FUm
+
+        monkeypatch.setattr(G, "_tag", lambda path: G.simd.GENERIC)
+        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+
+
 @pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
 def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
     """The fused GEMM -> requantize on the vnni packing (its generic twin everywhere) equals the two
@@ -360,11 +369,7 @@ def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
     from repq_hw.kernels.fused import gemm_requant
     from repq_hw.kernels.gemm import gemm_zp_ref
 
-    if impl == "generic":
-        monkeypatch.setattr(G, "_tag", lambda path: G.simd.GENERIC)
-        import repq_hw.kernels.fused as FUm
-
-        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    _chain_tiles(impl, monkeypatch)
     rng = np.random.default_rng(12)
     for m, k, n in ((13, 20, 37), (64, 384, 96), (1, 4, 1)):
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
@@ -423,10 +428,7 @@ def test_gemm_requant_slices_in_heads_order(impl, monkeypatch):
     from repq_hw.kernels.fused import gemm_requant_slices
     from repq_hw.kernels.gemm import gemm_zp_ref
 
-    if impl == "generic":
-        import repq_hw.kernels.fused as FUm
-
-        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    _chain_tiles(impl, monkeypatch)
     rng = np.random.default_rng(21)
     for b, groups, n, heads, d in ((3, 1, 13, 3, 8), (2, 4, 9, 2, 16), (1, 1, 1, 1, 4), (2, 3, 5, 4, 3)):
         w_ = heads * d
@@ -485,10 +487,7 @@ def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, monkeypatc
     from repq_hw.kernels.fused import gemm_requant_add
     from repq_hw.kernels.gemm import gemm_zp_ref
 
-    if impl == "generic":
-        import repq_hw.kernels.fused as FUm
-
-        monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
+    _chain_tiles(impl, monkeypatch)
     rng = np.random.default_rng(23)
     for m, k, n in ((13, 20, 37), (64, 96, 64), (1, 4, 1)):
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
