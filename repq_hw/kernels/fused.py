@@ -21,8 +21,10 @@ chain                       composes                                    intermed
                             then ``rounding._requant_row``'s arithmetic
                             on each row of the block
 ``gemm_requant_lut``        the same, then the lookup table             the int32 products and the
-                            (``lut.lookup_fast``'s indexing): fc1 ->    requantized codes
-                            GELU-input requantize -> GELU
+                            (``lut.lookup_fast``'s indexing; on VBMI    requantized codes
+                            CPUs ``lut.lookup_bytes_row``, 64 codes
+                            per vpermi2b): fc1 -> GELU-input
+                            requantize -> GELU
 ``gemm_requant_slices``     the same, requantizing several column       the int32 GEMM products and the
                             slices (q, k, v) with their own constants,  slices, the requantized codes
                             each written in split-heads order           before the head split
@@ -40,8 +42,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import lut, simd
 from .gemm_vnni import _a_u8, _rowsum_u8, _tag, _tile_vnni
 from .log2_code import _change_points, _code_row
+from .lut import lookup_bytes_row
 from .rounding import _requant_row, _rshift_add
 from .softmax import softmax_exp_row32, softmax_fast2_consts, softmax_fast_consts, softmax_fast_row
 
@@ -144,6 +148,9 @@ def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int
 
 ROWS_PER_BLOCK = 32
 
+LUT_BYTES_GENERIC = False
+"""Tests: run the byte-table lookup of the fc1 -> GELU chain on its generic twin (any CPU, also without VBMI)."""
+
 
 def _block_rows(n: int) -> int:
     """Rows per block for n output columns: a multiple of 8, at most ROWS_PER_BLOCK, products <= 256 KiB."""
@@ -162,18 +169,27 @@ def _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb,
 
 
 @njit(cache=True, inline="always")
-def _rq_seg(acc, cols, mult, sh, h, sm, off, e1, e2, lo, hi, zp, dst):
+def _rq_seg(acc, cols, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, dst):
     """dst[j] = requantize(acc[j]) under constants [j], j < cols: ``rounding._requant_row``'s arithmetic on a
-    contiguous run.  Callers pass views starting at the run (0-based indexing lets LLVM vectorize the loop;
-    a runtime column offset measured 2.8x slower on Zen 5)."""
-    for j in range(cols):
-        v = np.int64(acc[j]) * mult[j] + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
-        dst[j] = min(max(_rshift_add(v, sh[j], h[j], sm[j], e1, e2), lo), hi) + zp
+    contiguous run, with the compact constants of ``RequantConsts`` (mult32: int32, |M| < 2^31; sh32: int32 in
+    [0, 62]; h: int64; off: int64, read only when has_off).  Callers pass views starting at the run (0-based
+    indexing lets LLVM vectorize the loop; a runtime column offset measured 2.8x slower on Zen 5); the int32
+    constants keep a 1536-column row's constants in L1 (the int64 set measured 1.7x slower per element)."""
+    if has_off:
+        for j in range(cols):
+            s = np.int64(sh[j])
+            v = np.int64(acc[j]) * np.int64(mult[j]) + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
+            dst[j] = min(max(_rshift_add(v, s, h[j], np.int64(s > 0), e1, e2), lo), hi) + zp
+    else:
+        for j in range(cols):
+            s = np.int64(sh[j])
+            v = np.int64(acc[j]) * np.int64(mult[j])  # |.| < 2^62
+            dst[j] = min(max(_rshift_add(v, s, h[j], np.int64(s > 0), e1, e2), lo), hi) + zp
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, rb, starts, w, d, mult, sh, h, sm,
-                      off, zp, lo, hi, e1, e2, row_stride, head_stride, groups, tokens, head_block, out):
+def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, rb, starts, w, d, mult, sh, h, off,
+                      has_off, zp, lo, hi, e1, e2, row_stride, head_stride, groups, tokens, head_block, out):
     """out[s, dst(r) + hd * head_stride + j] = requantize(product[r, starts[s] + hd * d + j]) (slice s, head hd,
     j < d).  Rows r = (b, g, t) of B images x groups x tokens: dst(r) = (b*groups + g) * head_block
     + t * row_stride (split-heads order; the row-major [m, w] slice is one head of d = w, groups = 1,
@@ -182,19 +198,30 @@ def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n,
     heads = w // d
     for blk in prange((m + rb - 1) // rb):
         acc = np.empty(rb * n, np.int32)
+        qrow = np.empty(w, out.dtype)
         r0 = blk * rb
         rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         for si in range(starts.shape[0]):
             dst = out[si]
+            c0 = starts[si]
             for rr in range(rows):
                 r = r0 + rr
                 b = r // per_image
                 g = (r - b * per_image) // tokens
                 base = (b * groups + g) * head_block + (r - b * per_image - g * tokens) * row_stride
+                if heads == 1:
+                    _rq_seg(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si],
+                            hi[si], zp[si], dst[base:])
+                    continue
+                # the whole slice row in one run (one call per head of d = 64 measured 1.6x slower), then the
+                # heads copied to their places
+                _rq_seg(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si], hi[si],
+                        zp[si], qrow)
                 for hd in range(heads):
-                    c0 = starts[si] + hd * d
-                    _rq_seg(acc[rr * n + c0:], d, mult[c0:], sh[c0:], h[c0:], sm[c0:], off[c0:], e1, e2, lo[si],
-                            hi[si], zp[si], dst[base + hd * head_stride:])
+                    o = dst[base + hd * head_stride:]
+                    src = qrow[hd * d:]
+                    for j in range(d):
+                        o[j] = src[j]
 
 
 def _vnni_operands(x: np.ndarray, pk, width: int):
@@ -243,23 +270,24 @@ def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: l
 
 def slice_consts(starts: list[int], width: int, rcs: list, n: int) -> tuple | None:
     """The requantize constants of :func:`gemm_requant_slices` laid out for its kernel (a pure function of
-    its arguments): per GEMM column (mult, sh, h, sm, off; one full-width slice uses rc's own arrays), per
+    its arguments): per GEMM column (mult32, sh32, h, off, and whether any offset is non-zero; one full-width
+    slice uses rc's own arrays), per
     slice (starts, zp, lo, hi), and the rounding mode's (e1, e2); None where the slices do not fit the n
     columns, a constant set has another width, or the rounding modes differ."""
     if (not rcs or len(starts) != len(rcs) or any(rc.c != width for rc in rcs) or len({rc.mode for rc in rcs}) != 1
             or min(starts) < 0 or max(starts) + width > n):
         return None
-    names = ("mult", "sh", "h", "sm", "off")
+    names = ("mult32", "sh32", "h", "off")
     if list(starts) == [0] and width == n:
         cols = tuple(getattr(rcs[0], k) for k in names)
     else:
-        cols = tuple(np.zeros(n, np.int64) for _ in names)
+        cols = tuple(np.zeros(n, getattr(rcs[0], k).dtype) for k in names)
         for s0, rc in zip(starts, rcs):
             for k, col in zip(names, cols):
                 col[s0:s0 + width] = getattr(rc, k)
     per_slice = tuple(np.array(v, np.int64) for v in (starts, [rc.zp for rc in rcs], [rc.lo for rc in rcs],
                                                       [rc.hi for rc in rcs]))
-    return cols, per_slice, (rcs[0].e1, rcs[0].e2)
+    return (*cols, any(rc.has_off for rc in rcs)), per_slice, (rcs[0].e1, rcs[0].e2)
 
 
 def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list, out_dtype,
@@ -269,7 +297,7 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
         consts = slice_consts(starts, width, rcs, pk.n)
         if consts is None:
             return None
-    (mult, sh, h, sm, off), (starts_a, zp, lo, hi), (e1, e2) = consts
+    (mult, sh, h, off, has_off), (starts_a, zp, lo, hi), (e1, e2) = consts
     m, n = x.shape[0], pk.n
     hh, groups, tokens = (1, 1, max(m, 1)) if heads is None else (int(v) for v in heads)
     if hh < 1 or groups < 1 or tokens < 1 or width % hh or m % (groups * tokens):
@@ -286,26 +314,26 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
     ns = starts_a.shape[0]
     out = np.empty((ns, m * width), dtype=out_dtype)
     _gemm_vnni_slices(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, n,
-                      _block_rows(n), starts_a, width, d, mult, sh, h, sm, off, zp, lo, hi, e1, e2, row_stride,
+                      _block_rows(n), starts_a, width, d, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, row_stride,
                       head_stride, groups, tokens, head_block, out)
     shape = (m, width) if heads is None else (m // (groups * tokens), groups * hh, tokens, d)
     return [out[si].reshape(shape) for si in range(ns)]
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, sm, off, zp, lo,
-                           hi, e1, e2, rb, table, in_min, in_table, out, bad):
+def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
+                           lo, hi, e1, e2, rb, table, in_min, in_table, out, bad):
     """``in_table``: every requantized code (clamped to [lo + zp, hi + zp]) indexes the table, so the lookups
     need no bounds check (the caller proved it); else each index is checked and a miss is reported."""
     ntab = table.shape[0]
     for blk in prange((m + rb - 1) // rb):
         acc = np.empty(rb * n, np.int32)
-        q = np.empty(n, np.int64)
+        q = np.empty(n, np.int32)
         r0 = blk * rb
         rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         miss = 0
         for rr in range(rows):
-            _rq_seg(acc[rr * n:], n, mult, sh, h, sm, off, e1, e2, lo, hi, zp, q)
+            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
             orow = out[r0 + rr]
             if in_table:  # (an explicit 16-lane gather measured no faster on Zen 5)
                 for j in range(n):
@@ -318,6 +346,23 @@ def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_r
                     miss |= np.int64(not ok)
         if miss:
             bad[0] = 1
+
+
+@njit(cache=True, parallel=True)
+def _gemm_vnni_requant_lut8(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
+                            lo, hi, e1, e2, rb, ptag, tbl, nseg, base, out):
+    """The chain with a byte table (``lut.byte_table``) looked up 64 codes at a time (``lut.lookup_bytes_row``);
+    every requantized code + base is in the table (the caller proved it).  out: 1-D [m * n]."""
+    for blk in prange((m + rb - 1) // rb):
+        acc = np.empty(rb * n, np.int32)
+        q = np.empty(n, np.int32)
+        ib = np.empty(n, np.uint8)
+        sb = np.empty(n, np.uint8)
+        r0 = blk * rb
+        rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        for rr in range(rows):
+            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
+            lookup_bytes_row(ptag, q, n, base, tbl, nseg, ib, sb, out, (r0 + rr) * n)
 
 
 def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_dtype) -> np.ndarray | None:
@@ -335,8 +380,13 @@ def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_
     if head is None:
         return None
     out = np.empty((x.shape[0], pk.n), dtype=out_dtype)
-    bad = np.zeros(1, dtype=np.uint8)
     in_table = rc.lo + rc.zp - int(in_min) >= 0 and rc.hi + rc.zp - int(in_min) < t.size
+    bt = lut.byte_table(t, out_dtype) if in_table and (LUT_BYTES_GENERIC or simd.has_vbmi()) else None
+    if bt is not None:
+        ptag = simd.GENERIC if LUT_BYTES_GENERIC else simd.NATIVE
+        _gemm_vnni_requant_lut8(*head, _block_rows(pk.n), ptag, bt[0], bt[1], -int(in_min), out.reshape(-1))
+        return out
+    bad = np.zeros(1, dtype=np.uint8)
     _gemm_vnni_requant_lut(*head, _block_rows(pk.n), t.astype(out_dtype), int(in_min), in_table, out, bad)
     return None if bad[0] else out
 
@@ -349,7 +399,7 @@ def _full_width_args(x: np.ndarray, pk, rc) -> tuple | None:
         return None
     a8, kp, rowsum = ops
     return (_tag("vnni"), a8, kp, x.shape[0], pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, pk.n,
-            rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2)
+            rc.mult32, rc.sh32, rc.h, rc.off, rc.has_off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,17 +446,18 @@ def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_requant_add(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, sm, off, zp, lo,
-                           hi, e1, e2, rb, res, add_lo, add_hi, out):
+def _gemm_vnni_requant_add(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
+                           lo, hi, e1, e2, rb, res, add_lo, add_hi, out):
     for blk in prange((m + rb - 1) // rb):
         acc = np.empty(rb * n, np.int32)
-        q = np.empty(n, np.int64)
+        q = np.empty(n, np.int32)
         r0 = blk * rb
         rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         for rr in range(rows):
-            _rq_seg(acc[rr * n:], n, mult, sh, h, sm, off, e1, e2, lo, hi, zp, q)  # in [lo + zp, hi + zp]
+            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)  # in [lo + zp, hi + zp]
+            rrow, orow = res[r0 + rr], out[r0 + rr]  # 0-based row views: the loop vectorizes
             for j in range(n):
-                out[r0 + rr, j] = min(max(np.int64(res[r0 + rr, j]) + q[j], add_lo), add_hi)
+                orow[j] = min(max(np.int64(rrow[j]) + q[j], add_lo), add_hi)
 
 
 def gemm_requant_add(x: np.ndarray, pk, rc, residual: np.ndarray, add_min: int, add_max: int, out_dtype

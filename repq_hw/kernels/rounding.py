@@ -672,7 +672,7 @@ def _rshift_add(v, s, h, sm, e1, e2):
     floor:     floor(v / 2^s)                            (h = 0)
     Non-ties are unaffected by the -1 adjustments because the remainder is an integer."""
     q = v >> s
-    d = e1 * (sm - (q & sm)) + e2 * (sm & np.int64(v < 0))
+    d = (((-e1) & ~q) | ((-e2) & (v >> 63))) & sm  # masks, not products: no 64-bit multiply in the loop
     return (v + h - d) >> s
 
 
@@ -704,7 +704,8 @@ class RequantConsts:
     """Per-node constants of a requantization, checked once: None from :meth:`make` when the fast kernel
     cannot prove the absence of int64 overflow (the caller then uses the ordinary kernel)."""
 
-    __slots__ = ("c", "e1", "e2", "h", "half", "hi", "lo", "mode", "mult", "off", "sh", "sm", "zp")
+    __slots__ = ("c", "e1", "e2", "h", "half", "has_off", "hi", "lo", "mode", "mult", "mult32", "off", "sh", "sh32",
+                 "sm", "zp")
 
     @staticmethod
     def make(c: int, multiplier, shift, offset, zero_point: int, out_min: int, out_max: int, rounding):
@@ -734,6 +735,9 @@ class RequantConsts:
         self.sm = (sh > 0).astype(np.int64)
         self.h = np.where(self.mode == 3, 0, np.where(sh > 0, self.half, 0)).astype(np.int64)
         self.e1, self.e2 = int(self.mode == 1), int(self.mode == 2)
+        # compact copies for the fused GEMM epilogues (kernels/fused.py): |M| < 2^31 and s <= 62 fit int32
+        self.mult32, self.sh32 = mult.astype(np.int32), sh.astype(np.int32)
+        self.has_off = bool(c and np.any(off != 0))
         return self
 
 

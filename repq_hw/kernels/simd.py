@@ -461,6 +461,53 @@ def permb(typingctx, tag, tbl, idx):
 
 
 @intrinsic
+def permb2(typingctx, tag, lo, hi, idx):
+    """``vpermi2b``: byte i = (lo8 if idx8[i] & 64 == 0 else hi8)[idx8[i] & 63] (a 128-entry byte table lookup;
+    AVX-512 VBMI; bit 7 of the index is ignored)."""
+    impl = _impl_name(tag)
+    vec = _vec_of(lo)
+    if vec.lanes != 16:
+        raise TypeError("permb2: 512-bit vectors only")
+
+    def codegen(context, builder, sig, args):
+        a = builder.bitcast(args[1], _vt(64, 8))
+        b = builder.bitcast(args[2], _vt(64, 8))
+        x = builder.bitcast(args[3], _vt(64, 8))
+        if impl == "native":
+            r = _call_intrinsic(builder, "llvm.x86.avx512.vpermi2var.qi.512", _vt(64, 8), [a, x, b])
+            return builder.bitcast(r, _vt(16))
+        r = ir.Constant(_vt(64, 8), None)
+        m63, m64, zero = ir.Constant(_I8, 63), ir.Constant(_I8, 64), ir.Constant(_I8, 0)
+        for i in range(64):
+            xi = builder.extract_element(x, ir.Constant(_I32, i))
+            k = builder.zext(builder.and_(xi, m63), _I32)
+            use_hi = builder.icmp_unsigned("!=", builder.and_(xi, m64), zero)
+            r = builder.insert_element(
+                r, builder.select(use_hi, builder.extract_element(b, k), builder.extract_element(a, k)),
+                ir.Constant(_I32, i))
+        return builder.bitcast(r, _vt(16))
+
+    return vec(tag, lo, hi, idx), codegen
+
+
+@intrinsic
+def select_eq_u8(typingctx, key, k, a, b):
+    """Byte i = a8[i] if key8[i] == k (k truncated to a byte) else b8[i] (plain LLVM IR, any CPU)."""
+    _vec_of(a)
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].lanes * 4
+        kv = builder.bitcast(args[0], _vt(n, 8))
+        kb = builder.trunc(args[1], _I8) if args[1].type.width > 8 else args[1]
+        x = builder.bitcast(args[2], _vt(n, 8))
+        y = builder.bitcast(args[3], _vt(n, 8))
+        r = builder.select(builder.icmp_unsigned("==", kv, _splat(builder, kb, n)), x, y)
+        return builder.bitcast(r, _vt(n // 4))
+
+    return a(key, k, a, b), codegen
+
+
+@intrinsic
 def sad_u8(typingctx, tag, v):
     """``vpsadbw`` against zero: 64-bit lane i = the sum of bytes 8i .. 8i+7 (unsigned), returned as a
     512-bit vector (each sum < 2^11 sits in the low 32-bit half of its lane, the high half is 0, so such

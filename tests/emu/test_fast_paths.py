@@ -381,11 +381,13 @@ def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
         for mode in ROUNDING_MODES:
             mult = rng.integers(1, 1 << 30, n)
             shift = rng.integers(20, 40, n)
-            off = rng.integers(-(1 << 40), 1 << 40, n)
-            rc = F.RequantConsts.make(n, mult, shift, off, 5, 0, 255, mode)
-            got = gemm_requant(x, pk, rc, np.uint8)
-            exp = requantize_ref(acc, mult, shift, off, 5, 0, 255, mode, np.uint8)
-            assert got is not None and np.array_equal(got, exp), (m, k, n, mode)
+            shift[0] = 0  # s = 0: the identity shift
+            for off in (rng.integers(-(1 << 40), 1 << 40, n), 0):  # with and without an offset
+                rc = F.RequantConsts.make(n, mult, shift, off, 5, 0, 255, mode)
+                assert rc.has_off == bool(np.any(off))
+                got = gemm_requant(x, pk, rc, np.uint8)
+                exp = requantize_ref(acc, mult, shift, off, 5, 0, 255, mode, np.uint8)
+                assert got is not None and np.array_equal(got, exp), (m, k, n, mode)
 
 
 def test_gemm_requant_lut_chain_edges():
@@ -406,6 +408,38 @@ def test_gemm_requant_lut_chain_edges():
     assert got is not None and np.array_equal(got, exp.astype(np.int16))
     assert gemm_requant_lut(x, pk, rc, table[:150], -100, np.int16) is None  # an index past the table
     assert gemm_requant_lut(x, pk, rc, table, -100, np.int8) is None  # table does not fit the output
+
+
+@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() and G.simd.has_vbmi() else []))
+@pytest.mark.parametrize("out_dtype", [np.uint8, np.int8])
+def test_gemm_requant_lut_chain_byte_table(impl, out_dtype, monkeypatch):
+    """The chain's byte-table lookup (lut.lookup_bytes_row; a lowered GELU: int10 codes, 2^10 entries) equals
+    the references, with row tails and 64-code tails; impl "generic" runs the tiles and the lookups on their
+    portable twins."""
+    import repq_hw.kernels.fused as FUm
+    from repq_hw.kernels.gemm import gemm_zp_ref
+
+    _chain_tiles(impl, monkeypatch)
+    monkeypatch.setattr(FUm, "LUT_BYTES_GENERIC", impl == "generic")
+    calls = []
+    orig = FUm._gemm_vnni_requant_lut8
+    monkeypatch.setattr(FUm, "_gemm_vnni_requant_lut8", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(14)
+    info = np.iinfo(out_dtype)
+    for m, k, n in ((9, 40, 70), (40, 64, 192)):
+        x = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
+        wz = rng.integers(0, 256, n)
+        pk = G.prepare_gemm(w, wz, None, 4, 255, path="vnni")
+        mult, shift = rng.integers(1, 1 << 30, n), rng.integers(16, 22, n)
+        rc = F.RequantConsts.make(n, mult, shift, 0, 3, -512, 511, "half_even")
+        table = rng.integers(info.min, info.max, 1024, endpoint=True).astype(out_dtype)
+        codes = requantize_ref(gemm_zp_ref(x, 4, w, wz, None), mult, shift, 0, 3, -512, 511, "half_even",
+                               np.int32)
+        assert codes.min() < -400 and codes.max() > 400  # the lookups use many segments
+        got = FUm.gemm_requant_lut(x, pk, rc, table, -512, out_dtype)
+        assert got is not None and np.array_equal(got, lut_lookup_ref(codes, table, -512))
+    assert len(calls) == 2
 
 
 def _split_heads_by_index(x, heads, groups):

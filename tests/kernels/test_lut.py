@@ -101,3 +101,78 @@ def test_lut_threads():
     finally:
         numba.set_num_threads(old)
     assert np.array_equal(a, b) and np.array_equal(a, lut_lookup_ref(x, table, -1000))
+
+
+# --- byte tables, 64 codes per vpermi2b (lut.byte_table / lookup_bytes_row; the fused fc1 -> GELU chain) ------
+
+
+def _impls():
+    from repq_hw.kernels import simd
+
+    return [simd.GENERIC] + ([simd.NATIVE] if simd.has_vbmi() else [])
+
+
+@pytest.mark.parametrize("impl", _impls())
+def test_permb2_and_select_eq_u8_match_their_definition(impl):
+    from numba import njit
+
+    from repq_hw.kernels.simd import load16, permb2, select_eq_u8, store16
+
+    @njit
+    def run(tag, lo, hi, x, key, k, o1, o2):
+        store16(o1, 0, permb2(tag, load16(lo, 0), load16(hi, 0), load16(x, 0)))
+        store16(o2, 0, select_eq_u8(load16(key, 0), k, load16(lo, 0), load16(hi, 0)))
+
+    rng = np.random.default_rng(21)
+    for k in (0, 3, 255):
+        lo, hi, x = (rng.integers(0, 256, 64, dtype=np.uint8) for _ in range(3))
+        x[:4] = [0, 63, 64, 255]  # bit 7 is ignored, bit 6 picks the table
+        key = rng.integers(0, 4, 64, dtype=np.uint8)
+        key[:2] = k & 255
+        o1, o2 = np.zeros(64, np.uint8), np.zeros(64, np.uint8)
+        run(impl, lo, hi, x, key, k, o1, o2)
+        both = np.concatenate([lo, hi])
+        assert np.array_equal(o1, both[x & 127])
+        assert np.array_equal(o2, np.where(key == (k & 255), lo, hi))
+
+
+@pytest.mark.parametrize("impl", _impls())
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_lookup_bytes_row_equals_the_reference(impl, dtype):
+    from numba import njit
+
+    from repq_hw.kernels.lut import byte_table, lookup_bytes_row
+
+    @njit
+    def run(tag, q, base, tbl, nseg, out, rows):
+        n = q.shape[0] // rows
+        ib, sb = np.empty(n, np.uint8), np.empty(n, np.uint8)
+        for r in range(rows):
+            lookup_bytes_row(tag, q[r * n:], n, base, tbl, nseg, ib, sb, out, r * n)
+
+    rng = np.random.default_rng(22)
+    info = np.iinfo(dtype)
+    for size in (1, 64, 127, 128, 129, 1024, 2048):  # 1 .. 16 segments, partial last segment
+        for n in (1, 63, 64, 65, 200):  # whole and partial 64-code groups
+            in_min = int(rng.integers(-600, 600))
+            table = rng.integers(info.min, info.max, size, endpoint=True).astype(np.int64)
+            bt = byte_table(table, dtype)
+            assert bt is not None and bt[1] == (size + 127) // 128 and bt[0].dtype == dtype
+            q = rng.integers(in_min, in_min + size, 3 * n).astype(np.int32)
+            q[:2] = [in_min, in_min + size - 1]
+            out = np.full(3 * n, 7, dtype)
+            run(impl, q, -in_min, bt[0], bt[1], out, 3)
+            assert np.array_equal(out, lut_lookup_ref(q, table, in_min).astype(dtype)), (size, n)
+
+
+def test_byte_table_refuses_what_it_cannot_hold():
+    from repq_hw.kernels.lut import byte_table
+
+    t = np.arange(300)
+    assert byte_table(t, np.uint8) is None  # 299 does not fit one byte
+    assert byte_table(t % 256, np.int16) is None  # not a byte output
+    assert byte_table(np.zeros(2049, np.int64), np.uint8) is None  # 17 segments
+    assert byte_table(np.zeros(0, np.int64), np.uint8) is None
+    assert byte_table(np.array([-1, 5]), np.uint8) is None
+    got = byte_table(np.array([-128, 127]), np.int8)
+    assert got is not None and got[1] == 1 and got[0][:2].tolist() == [-128, 127] and not got[0][2:].any()
