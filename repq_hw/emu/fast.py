@@ -10,7 +10,7 @@
   softmax_fast``, ``kernels.log2_code.log2_code_table``, ``kernels.lut.lookup_fast``, ``kernels.add.sat_add``,
   ``kernels.attn_v_shift.attn_v_shift_fast``), with their constants checked once (overflow cannot happen,
   tables built from the reference by exhaustion);
-* fused chains (``kernels.fused``: softmax -> log2_code, GEMM -> requantize on the vnni path, q/k/v slices
+* fused chains (``kernels.fused``: softmax -> log2_code, GEMM -> requantize on the vnni, u8s8 and i16 paths, q/k/v slices
   -> requantize -> split heads, attention x V -> merge heads -> requantize) where the
   caller asks for no intermediate tensor (not ``keep_all``; ``FUSE = False`` switches them off):
   :meth:`Plan.fusion`;
@@ -447,7 +447,7 @@ def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int
 
 def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node], splits: list[Node]
                          ) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
         return None
     heads = None
     if splits:  # [G*N, H*d] -> [G*H, N, d] as SPLIT_HEADS defines it
@@ -514,7 +514,7 @@ def _requant_consts(g: Graph, rq: Node, channels: int | None = None):
 
 
 def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
         return None
     out_t = g.tensors[lut.outputs[0]].type
     rc = _requant_consts(g, rq)
@@ -550,7 +550,7 @@ def _attn_v_merge_requant(g: Graph, av_step, merge: Node, rq: Node) -> Callable 
 def _gemm_requant_add(g: Graph, gemm_step, rq: Node, add: Node, residual: str) -> Callable | None:
     """GEMM -> requantize -> ADD with ``residual``: the step takes the GEMM's input and then the residual
     (``extra_inputs``, appended by ``run_graph``)."""
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
         return None
     rc = _requant_consts(g, rq)
     out_t = g.tensors[add.outputs[0]].type
@@ -570,7 +570,7 @@ def _gemm_requant_add(g: Graph, gemm_step, rq: Node, add: Node, residual: str) -
 
 
 def _gemm_requant(g: Graph, gemm_step, rq: Node) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path != "vnni":
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
         return None
     out_t = g.tensors[rq.outputs[0]].type
     rc = _requant_consts(g, rq)

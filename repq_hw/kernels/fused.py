@@ -16,10 +16,12 @@ chain                       composes                                    intermed
                             table, the reference evaluated on every
                             input); legacy ``softmax_fast_row`` + table
                             as fallback
-``gemm_requant``            ``gemm_vnni._tile_vnni`` (8 x 32 tiles,     the int32 GEMM products
-                            panel by panel over a block of <= 32 rows)
-                            then ``rounding._requant_row``'s arithmetic
-                            on each row of the block
+``gemm_requant``            the packing's tiles (``gemm_vnni``:         the int32 GEMM products
+                            ``_tile_vnni`` 8 x 32, ``_tile_u8s8`` /
+                            ``_tile_i16`` 6 x 16 on AVX2), panel by
+                            panel over a block of <= 32 rows, then
+                            ``rounding.requant_run`` on
+                            each row of the block
 ``gemm_requant_lut``        the same, then the lookup table             the int32 products and the
                             (``lut.lookup_fast``'s indexing; on VBMI    requantized codes
                             CPUs ``lut.lookup_bytes_row``, 64 codes
@@ -43,10 +45,11 @@ import numpy as np
 from numba import njit, prange
 
 from . import lut, simd
-from .gemm_vnni import _a_u8, _rowsum_u8, _tag, _tile_vnni
+from .gemm_pack import u8s8_period
+from .gemm_vnni import _a_i16, _a_u8, _rowsum_u8, _tag, _tile_i16, _tile_u8s8, _tile_vnni
 from .log2_code import _change_points, _code_row
 from .lut import lookup_bytes_row
-from .rounding import _requant_row, _rshift_add
+from .rounding import _requant_row, requant_run
 from .softmax import softmax_exp_row32, softmax_fast2_consts, softmax_fast_consts, softmax_fast_row
 
 __all__ = ["gemm_requant", "gemm_requant_add", "gemm_requant_lut", "gemm_requant_slices", "merge_heads_requant",
@@ -138,11 +141,12 @@ def softmax_log2_code(x: np.ndarray, multiplier: int, shift: int, frac_bits: int
 
 
 # ---------------------------------------------------------------------------------------------
-# GEMM (vnni path) -> requantize [-> split heads | -> lookup table | -> residual add], in the tile epilogue
+# GEMM (vnni, u8s8, i16 paths) -> requantize [-> split heads | -> lookup table | -> residual add]
 # ---------------------------------------------------------------------------------------------
 #
 # Rows go in blocks of up to ROWS_PER_BLOCK (one block per prange iteration); inside a block each 32-column
-# weight panel is used by all its 8-row tiles in turn (it stays in L1), the int32 products of the block land
+# weight panel is used by all its 8-row (vnni) or 6-row (u8s8, i16: 16-column panels) tiles in turn (it stays
+# in L1), the int32 products of the block land
 # in a per-thread buffer (<= 256 KiB, in L2) and are requantized row by row from there (long contiguous runs:
 # the requantize loops vectorize), so the products never reach memory.
 
@@ -152,44 +156,48 @@ LUT_BYTES_GENERIC = False
 """Tests: run the byte-table lookup of the fc1 -> GELU chain on its generic twin (any CPU, also without VBMI)."""
 
 
-def _block_rows(n: int) -> int:
-    """Rows per block for n output columns: a multiple of 8, at most ROWS_PER_BLOCK, products <= 256 KiB."""
-    return max(8, min(ROWS_PER_BLOCK, (65536 // max(n, 1)) // 8 * 8))
+def _block_rows(n: int, tile_rows: int = 8) -> int:
+    """Rows per block for n output columns: a multiple of the tile's rows, at most ROWS_PER_BLOCK, products
+    <= 256 KiB."""
+    t = tile_rows
+    return max(t, min(ROWS_PER_BLOCK // t * t, (65536 // max(n, 1)) // t * t))
+
+
+PATH_IDS = {"vnni": 0, "u8s8": 1, "i16": 2}
+"""The GEMM packings the chains run on (their tiles: ``gemm_vnni._tile_vnni`` 8 x 32, ``_tile_u8s8`` and
+``_tile_i16`` 6 x 16)."""
 
 
 @njit(cache=True, inline="always")
-def _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc):
-    """The int32 products of rows [r0, r0 + rows) into ``acc`` (row stride n), panel by panel; returns rows."""
+def _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc):
+    """The int32 products of rows [r0, r0 + rows) into ``acc`` (row stride n), panel by panel; returns rows.
+    pid (``PATH_IDS``) picks the packing's tiles: a (uint8) feeds vnni and u8s8, a16 (int16) i16; kq is the
+    tiles' K step count (k-quads, or k-pairs for i16), period the u8s8 int16 summing period.  vtag (vnni tiles)
+    and atag (AVX2 tiles) are separate: every branch is compiled, so the branches a call does not take get
+    simd.GENERIC (an AVX2-only target must not see a VNNI instruction, even in dead code)."""
     rows = min(rb, m - r0)
-    for p in range(npan):
-        for s8 in range(0, rows, 8):
-            _tile_vnni(tag, a[(r0 + s8) * lda:], lda, 0, min(8, rows - s8), bp, p * kqn * 128, kqn, cst, ev,
-                       rowsum[r0 + s8:], use_rs, p * 32, acc[s8 * n:], n, n)
+    if pid == 0:
+        for p in range(npan):
+            for s8 in range(0, rows, 8):
+                _tile_vnni(vtag, a[(r0 + s8) * lda:], lda, 0, min(8, rows - s8), bp, p * kq * 128, kq, cst, ev,
+                           rowsum[r0 + s8:], use_rs, p * 32, acc[s8 * n:], n, n)
+    elif pid == 1:
+        for p in range(npan):
+            for s6 in range(0, rows, 6):
+                _tile_u8s8(atag, a[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 64, kq, period, cst,
+                           p * 16, acc[s6 * n:], n, n)
+    else:
+        for p in range(npan):
+            for s6 in range(0, rows, 6):
+                _tile_i16(atag, a16[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 32, kq, cst, p * 16,
+                          acc[s6 * n:], n, n)
     return rows
 
 
-@njit(cache=True, inline="always")
-def _rq_seg(acc, cols, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, dst):
-    """dst[j] = requantize(acc[j]) under constants [j], j < cols: ``rounding._requant_row``'s arithmetic on a
-    contiguous run, with the compact constants of ``RequantConsts`` (mult32: int32, |M| < 2^31; sh32: int32 in
-    [0, 62]; h: int64; off: int64, read only when has_off).  Callers pass views starting at the run (0-based
-    indexing lets LLVM vectorize the loop; a runtime column offset measured 2.8x slower on Zen 5); the int32
-    constants keep a 1536-column row's constants in L1 (the int64 set measured 1.7x slower per element)."""
-    if has_off:
-        for j in range(cols):
-            s = np.int64(sh[j])
-            v = np.int64(acc[j]) * np.int64(mult[j]) + off[j]  # |.| < 2^62 + 2^61: proved by RequantConsts
-            dst[j] = min(max(_rshift_add(v, s, h[j], np.int64(s > 0), e1, e2), lo), hi) + zp
-    else:
-        for j in range(cols):
-            s = np.int64(sh[j])
-            v = np.int64(acc[j]) * np.int64(mult[j])  # |.| < 2^62
-            dst[j] = min(max(_rshift_add(v, s, h[j], np.int64(s > 0), e1, e2), lo), hi) + zp
-
-
 @njit(cache=True, parallel=True)
-def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, rb, starts, w, d, mult, sh, h, off,
-                      has_off, zp, lo, hi, e1, e2, row_stride, head_stride, groups, tokens, head_block, out):
+def _chain_slices(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, rb, starts, w, d,
+                  mult, sh, h, off, has_off, zp, lo, hi, e1, e2, row_stride, head_stride, groups, tokens, head_block,
+                  out):
     """out[s, dst(r) + hd * head_stride + j] = requantize(product[r, starts[s] + hd * d + j]) (slice s, head hd,
     j < d).  Rows r = (b, g, t) of B images x groups x tokens: dst(r) = (b*groups + g) * head_block
     + t * row_stride (split-heads order; the row-major [m, w] slice is one head of d = w, groups = 1,
@@ -200,7 +208,7 @@ def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n,
         acc = np.empty(rb * n, np.int32)
         qrow = np.empty(w, out.dtype)
         r0 = blk * rb
-        rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         for si in range(starts.shape[0]):
             dst = out[si]
             c0 = starts[si]
@@ -210,12 +218,12 @@ def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n,
                 g = (r - b * per_image) // tokens
                 base = (b * groups + g) * head_block + (r - b * per_image - g * tokens) * row_stride
                 if heads == 1:
-                    _rq_seg(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si],
+                    requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si],
                             hi[si], zp[si], dst[base:])
                     continue
                 # the whole slice row in one run (one call per head of d = 64 measured 1.6x slower), then the
                 # heads copied to their places
-                _rq_seg(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si], hi[si],
+                requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si], hi[si],
                         zp[si], qrow)
                 for hd in range(heads):
                     o = dst[base + hd * head_stride:]
@@ -224,23 +232,38 @@ def _gemm_vnni_slices(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n,
                         o[j] = src[j]
 
 
-def _vnni_operands(x: np.ndarray, pk, width: int):
-    """(uint8 activations padded for the vnni tiles, their row stride, row sums) for a ``vnni`` packing; None
-    where the chain's preconditions fail (another path, another shape, codes above the packing's a_max)."""
-    if pk.path != "vnni" or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k:
+def _gemm_operands(x: np.ndarray, pk, width: int) -> tuple | None:
+    """The leading arguments of the GEMM chain kernels for x against the packing ``pk`` (path id, tile tags,
+    padded activations, packed weights, constants, row sums: see ``_block_at``); None where the chain's
+    preconditions fail (a path without chain tiles, another shape, codes above the packing's a_max)."""
+    pid = PATH_IDS.get(pk.path)
+    if pid is None or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k:
         return None
     m = x.shape[0]
     if m == 0 or width == 0 or pk.n == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
         return None
-    a8, kp = _a_u8(x, 4)
-    rowsum = np.zeros(m, dtype=np.int32)
-    if pk.use_rowsum:
-        _rowsum_u8(a8, m, kp, pk.k, rowsum)
-    return a8, kp, rowsum
+    rowsum = np.zeros(max(m, 1) if pk.path == "vnni" else 1, dtype=np.int32)
+    if pk.path == "i16":
+        a16, kp = _a_i16(x)
+        a8, kq, period = np.zeros(1, np.uint8), kp // 2, 0
+    else:
+        a8, kp = _a_u8(x, 4)
+        a16, kq = np.zeros(1, np.int16), kp // 4
+        period = min(u8s8_period(pk.a_max, pk.b_absmax), kq + 1) if pk.path == "u8s8" else 0
+        if pk.path == "vnni" and pk.use_rowsum:
+            _rowsum_u8(a8, m, kp, pk.k, rowsum)
+    vtag = _tag("vnni") if pk.path == "vnni" else simd.GENERIC
+    atag = simd.GENERIC if pk.path == "vnni" else _tag(pk.path)
+    return (pid, vtag, atag, a8, a16, kp, m, pk.b, kq, period, pk.panels, pk.const, pk.e, rowsum,
+            pk.use_rowsum and pk.path == "vnni", pk.n)
+
+
+def _rows_per_block(pk) -> int:
+    return _block_rows(pk.n, 8 if pk.path == "vnni" else 6)
 
 
 def gemm_requant(x: np.ndarray, pk, rc, out_dtype, consts: tuple | None = None) -> np.ndarray | None:
-    """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a ``vnni`` packing;
+    """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a ``vnni``, ``u8s8`` or ``i16`` packing;
     None otherwise or when a precondition fails (the caller runs the two nodes unfused). The one-slice case of
     :func:`gemm_requant_slices`.
 
@@ -259,7 +282,7 @@ def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: l
                         heads: tuple[int, int, int] | None = None, consts: tuple | None = None
                         ) -> list[np.ndarray] | None:
     """``[requant_fast(gemm_packed(x, pk)[:, s:s+width], rc) for s, rc in zip(starts, rcs)]`` (e.g. the q, k, v
-    slices of the qkv projection) without storing the int32 products, for a ``vnni`` packing; None otherwise
+    slices of the qkv projection) without storing the int32 products, for a ``vnni``, ``u8s8`` or ``i16`` packing; None otherwise
     (also for constants of different rounding modes).
 
     ``heads = (H, G, N)``: each result is also split into heads as ``SPLIT_HEADS`` with H heads and G windows
@@ -298,31 +321,29 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
         if consts is None:
             return None
     (mult, sh, h, off, has_off), (starts_a, zp, lo, hi), (e1, e2) = consts
-    m, n = x.shape[0], pk.n
+    m = x.shape[0]
     hh, groups, tokens = (1, 1, max(m, 1)) if heads is None else (int(v) for v in heads)
     if hh < 1 or groups < 1 or tokens < 1 or width % hh or m % (groups * tokens):
         return None
     d = width // hh
-    ops = _vnni_operands(x, pk, width)
-    if ops is None:
+    head = _gemm_operands(x, pk, width)
+    if head is None:
         return None
-    a8, kp, rowsum = ops
     if heads is None:
         row_stride, head_stride, head_block = width, d, 0
     else:
         row_stride, head_stride, head_block = d, tokens * d, hh * tokens * d
     ns = starts_a.shape[0]
     out = np.empty((ns, m * width), dtype=out_dtype)
-    _gemm_vnni_slices(_tag("vnni"), a8, kp, m, pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, n,
-                      _block_rows(n), starts_a, width, d, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, row_stride,
-                      head_stride, groups, tokens, head_block, out)
+    _chain_slices(*head, _rows_per_block(pk), starts_a, width, d, mult, sh, h, off, has_off, zp, lo, hi, e1, e2,
+                  row_stride, head_stride, groups, tokens, head_block, out)
     shape = (m, width) if heads is None else (m // (groups * tokens), groups * hh, tokens, d)
     return [out[si].reshape(shape) for si in range(ns)]
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
-                           lo, hi, e1, e2, rb, table, in_min, in_table, out, bad):
+def _chain_requant_lut(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+                       mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, table, in_min, in_table, out, bad):
     """``in_table``: every requantized code (clamped to [lo + zp, hi + zp]) indexes the table, so the lookups
     need no bounds check (the caller proved it); else each index is checked and a miss is reported."""
     ntab = table.shape[0]
@@ -330,10 +351,10 @@ def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_r
         acc = np.empty(rb * n, np.int32)
         q = np.empty(n, np.int32)
         r0 = blk * rb
-        rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         miss = 0
         for rr in range(rows):
-            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
+            requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
             orow = out[r0 + rr]
             if in_table:  # (an explicit 16-lane gather measured no faster on Zen 5)
                 for j in range(n):
@@ -349,8 +370,8 @@ def _gemm_vnni_requant_lut(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_r
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_requant_lut8(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
-                            lo, hi, e1, e2, rb, ptag, tbl, nseg, base, out):
+def _chain_requant_lut8(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+                        mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, ptag, tbl, nseg, base, out):
     """The chain with a byte table (``lut.byte_table``) looked up 64 codes at a time (``lut.lookup_bytes_row``);
     every requantized code + base is in the table (the caller proved it).  out: 1-D [m * n]."""
     for blk in prange((m + rb - 1) // rb):
@@ -359,15 +380,15 @@ def _gemm_vnni_requant_lut8(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_
         ib = np.empty(n, np.uint8)
         sb = np.empty(n, np.uint8)
         r0 = blk * rb
-        rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         for rr in range(rows):
-            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
+            requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
             lookup_bytes_row(ptag, q, n, base, tbl, nseg, ib, sb, out, (r0 + rr) * n)
 
 
 def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_dtype) -> np.ndarray | None:
     """``lookup_fast(requant_fast(gemm_packed(x, pk), rc), table, in_min)`` (e.g. fc1 -> GELU-input requantize
-    -> GELU table) without storing the int32 products or the requantized codes, for a ``vnni`` packing;
+    -> GELU table) without storing the int32 products or the requantized codes, for a ``vnni``, ``u8s8`` or ``i16`` packing;
     None otherwise, when the table does not fit ``out_dtype`` or an index falls outside it (the caller then
     runs the nodes unfused, which raises the reference's error)."""
     if rc.c != pk.n:
@@ -384,22 +405,20 @@ def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_
     bt = lut.byte_table(t, out_dtype) if in_table and (LUT_BYTES_GENERIC or simd.has_vbmi()) else None
     if bt is not None:
         ptag = simd.GENERIC if LUT_BYTES_GENERIC else simd.NATIVE
-        _gemm_vnni_requant_lut8(*head, _block_rows(pk.n), ptag, bt[0], bt[1], -int(in_min), out.reshape(-1))
+        _chain_requant_lut8(*head, _rows_per_block(pk), ptag, bt[0], bt[1], -int(in_min), out.reshape(-1))
         return out
     bad = np.zeros(1, dtype=np.uint8)
-    _gemm_vnni_requant_lut(*head, _block_rows(pk.n), t.astype(out_dtype), int(in_min), in_table, out, bad)
+    _chain_requant_lut(*head, _rows_per_block(pk), t.astype(out_dtype), int(in_min), in_table, out, bad)
     return None if bad[0] else out
 
 
 def _full_width_args(x: np.ndarray, pk, rc) -> tuple | None:
-    """The leading arguments of the one-requantizer chain kernels (tile tag, padded operands, packing, the
-    requantizer's constants) for x against the whole packing; None where the chain's preconditions fail."""
-    ops = _vnni_operands(x, pk, pk.n)
-    if ops is None:
+    """The leading arguments of the one-requantizer chain kernels (``_gemm_operands``, then the requantizer's
+    compact constants) for x against the whole packing; None where the chain's preconditions fail."""
+    head = _gemm_operands(x, pk, pk.n)
+    if head is None:
         return None
-    a8, kp, rowsum = ops
-    return (_tag("vnni"), a8, kp, x.shape[0], pk.b, kp // 4, pk.panels, pk.const, pk.e, rowsum, pk.use_rowsum, pk.n,
-            rc.mult32, rc.sh32, rc.h, rc.off, rc.has_off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2)
+    return (*head, rc.mult32, rc.sh32, rc.h, rc.off, rc.has_off, rc.zp, rc.lo, rc.hi, rc.e1, rc.e2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +427,7 @@ def _full_width_args(x: np.ndarray, pk, rc) -> tuple | None:
 
 
 @njit(cache=True, parallel=True)
-def _merge_heads_requant_rows(y, groups, heads, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out):
+def _merge_heads_requant_rows(y, groups, heads, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, out):
     """y: int32/int64 [B, groups*heads, N, d]; out: [B*groups*N, heads*d] with row (b, g, t) column
     (hd, j) = requantize(y[b, g*heads + hd, t, j]) under the constants of column hd*d + j."""
     nb, _, nt, d = y.shape
@@ -421,7 +440,7 @@ def _merge_heads_requant_rows(y, groups, heads, mult, sh, h, sm, off, zp, lo, hi
         for hd in range(heads):
             for j in range(d):
                 row[0, hd * d + j] = y[b, g * heads + hd, t, j]
-        _requant_row(row, 0, mult, sh, h, sm, off, zp, lo, hi, e1, e2, out[r:r + 1])
+        _requant_row(row, 0, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, out[r:r + 1])
 
 
 def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray | None:
@@ -435,26 +454,26 @@ def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray
     if rc.c != heads * d or (y.dtype == np.int64 and y.size and int(np.abs(y).max()) > (1 << 31)):
         return None
     out = np.empty((nb * groups * nt, heads * d), dtype=out_dtype)
-    _merge_heads_requant_rows(np.ascontiguousarray(y), groups, heads, rc.mult, rc.sh, rc.h, rc.sm, rc.off, rc.zp,
-                              rc.lo, rc.hi, rc.e1, rc.e2, out)
+    _merge_heads_requant_rows(np.ascontiguousarray(y), groups, heads, rc.mult32, rc.sh32, rc.h, rc.off, rc.has_off,
+                              rc.zp, rc.lo, rc.hi, rc.e1, rc.e2, out)
     return out.reshape(nb, groups * nt, heads * d)
 
 
 # ---------------------------------------------------------------------------------------------
-# GEMM (vnni path) -> requantize -> saturating add of the residual stream
+# GEMM (vnni, u8s8, i16 paths) -> requantize -> saturating add of the residual stream
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni_requant_add(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, mult, sh, h, off, has_off, zp,
-                           lo, hi, e1, e2, rb, res, add_lo, add_hi, out):
+def _chain_requant_add(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+                       mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, res, add_lo, add_hi, out):
     for blk in prange((m + rb - 1) // rb):
         acc = np.empty(rb * n, np.int32)
         q = np.empty(n, np.int32)
         r0 = blk * rb
-        rows = _block_at(tag, a, lda, m, bp, kqn, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
         for rr in range(rows):
-            _rq_seg(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)  # in [lo + zp, hi + zp]
+            requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)  # in [lo + zp, hi + zp]
             rrow, orow = res[r0 + rr], out[r0 + rr]  # 0-based row views: the loop vectorizes
             for j in range(n):
                 orow[j] = min(max(np.int64(rrow[j]) + q[j], add_lo), add_hi)
@@ -464,7 +483,7 @@ def gemm_requant_add(x: np.ndarray, pk, rc, residual: np.ndarray, add_min: int, 
                      ) -> np.ndarray | None:
     """``sat_add(residual, requant_fast(gemm_packed(x, pk), rc), add_min, add_max)`` (e.g. the attention or MLP
     output projection added to the residual stream) without storing the int32 products or the requantized
-    codes, for a ``vnni`` packing; None where a precondition fails (the caller runs the nodes unfused).
+    codes, for a ``vnni``, ``u8s8`` or ``i16`` packing; None where a precondition fails (the caller runs the nodes unfused).
 
     Args:
         x: uint8 activations ``[M, K]``; residual: integer ``[M, N]`` (N = the GEMM's outputs).
@@ -477,5 +496,6 @@ def gemm_requant_add(x: np.ndarray, pk, rc, residual: np.ndarray, add_min: int, 
     if head is None:
         return None
     out = np.empty((x.shape[0], pk.n), dtype=out_dtype)
-    _gemm_vnni_requant_add(*head, _block_rows(pk.n), np.ascontiguousarray(residual), int(add_min), int(add_max), out)
+    _chain_requant_add(*head, _rows_per_block(pk), np.ascontiguousarray(residual), int(add_min), int(add_max),
+                       out)
     return out

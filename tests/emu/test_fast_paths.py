@@ -322,10 +322,12 @@ def test_fused_chains_equal_unfused_on_every_tensor_both_produce(name, bits, mon
     calls.clear()
     run_graph(g, x, backend="fast", keep_all=True)
     assert not calls, "keep_all must disable fusion"
-    for path in ("portable", "i16", "vnni"):  # GEMM chains on the vnni packing only
+    for path in ("portable", "i16", "u8s8", "vnni"):  # GEMM chains on every packing but portable
         with G.force_path(path):
-            chains_p = {i: c for i in range(len(g.nodes)) if (c := fast.prepare(g).fusion(i)) is not None}
-            assert any(g.nodes[i].op == Op.GEMM for i in chains_p) == (path == "vnni")
+            plan_p = fast.prepare(g)
+            chains_p = {i: c for i in range(len(g.nodes)) if (c := plan_p.fusion(i)) is not None}
+            packed = set(plan_p.build_all().gemm_paths().values())  # u8s8 only where provably exact
+            assert any(g.nodes[i].op == Op.GEMM for i in chains_p) == (path != "portable" and path in packed)
             calls.clear()
             assert_all_equal(run_graph(g, x, backend="fast"), fused_out)
             assert len(calls) == len(chains_p)
@@ -353,6 +355,26 @@ def test_softmax_log2_code_chain_edges():
     assert softmax_log2_code(x.astype(np.int64), 1 << 20, 22, 8, 22, 16, "half_even", table, np.uint8) is None
 
 
+CHAIN_CASES = ([("generic", p) for p in ("vnni", "u8s8", "i16")]
+               + ([("native", "vnni")] if G.simd.has_vnni512() else [])
+               + ([("native", "u8s8"), ("native", "i16")] if G.simd.has_avx2() else []))
+"""(tile implementation, GEMM packing) of the GEMM chain tests: every packing with chain tiles, on its portable
+twin everywhere and natively where the CPU has it."""
+
+
+def _chain_packing(rng, n, k, a_zp, path, bias=None):
+    """(weights, weight zero points, packing) for a chain test on ``path``; u8s8 gets weights within +-40 of
+    their zero point (its int16 sums are then provably exact, so the packing exists)."""
+    if path == "u8s8":
+        wz = rng.integers(40, 216, n)
+        w = np.clip(wz[:, None] + rng.integers(-40, 41, (n, k)), 0, 255).astype(np.uint8)
+    else:
+        w, wz = rng.integers(0, 256, (n, k), dtype=np.uint8), rng.integers(0, 256, n)
+    pk = G.prepare_gemm(w, wz, bias, a_zp, 255, path=path)
+    assert pk is not None and pk.path == path
+    return w, wz, pk
+
+
 def _chain_tiles(impl, monkeypatch):
     """impl "generic": the GEMM chains' tiles run through the portable twin of every SIMD intrinsic."""
     if impl == "generic":
@@ -362,10 +384,10 @@ def _chain_tiles(impl, monkeypatch):
         monkeypatch.setattr(FUm, "_tag", lambda path: G.simd.GENERIC)
 
 
-@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
-def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
-    """The fused GEMM -> requantize on the vnni packing (its generic twin everywhere) equals the two
-    references, with row tails, every rounding mode, a row-sum term and per-channel constants."""
+@pytest.mark.parametrize("impl, path", CHAIN_CASES)
+def test_gemm_requant_chain_equals_reference(impl, path, monkeypatch):
+    """The fused GEMM -> requantize on each packing (its generic twin everywhere) equals the two references,
+    with row tails, every rounding mode, a row-sum term and per-channel constants."""
     from repq_hw.kernels.fused import gemm_requant
     from repq_hw.kernels.gemm import gemm_zp_ref
 
@@ -373,10 +395,8 @@ def test_gemm_requant_chain_equals_reference(impl, monkeypatch):
     rng = np.random.default_rng(12)
     for m, k, n in ((13, 20, 37), (64, 384, 96), (1, 4, 1)):
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
-        wz = rng.integers(0, 256, n)
         bias = rng.integers(-(1 << 16), 1 << 16, n).astype(np.int32)
-        pk = G.prepare_gemm(w, wz, bias, 9, 255, path="vnni")
+        w, wz, pk = _chain_packing(rng, n, k, 9, path, bias)
         acc = gemm_zp_ref(x, 9, w, wz, bias)
         for mode in ROUNDING_MODES:
             mult = rng.integers(1, 1 << 30, n)
@@ -410,9 +430,9 @@ def test_gemm_requant_lut_chain_edges():
     assert gemm_requant_lut(x, pk, rc, table, -100, np.int8) is None  # table does not fit the output
 
 
-@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() and G.simd.has_vbmi() else []))
+@pytest.mark.parametrize("impl, path", [c for c in CHAIN_CASES if c[0] == "generic" or G.simd.has_vbmi()])
 @pytest.mark.parametrize("out_dtype", [np.uint8, np.int8])
-def test_gemm_requant_lut_chain_byte_table(impl, out_dtype, monkeypatch):
+def test_gemm_requant_lut_chain_byte_table(impl, path, out_dtype, monkeypatch):
     """The chain's byte-table lookup (lut.lookup_bytes_row; a lowered GELU: int10 codes, 2^10 entries) equals
     the references, with row tails and 64-code tails; impl "generic" runs the tiles and the lookups on their
     portable twins."""
@@ -422,16 +442,14 @@ def test_gemm_requant_lut_chain_byte_table(impl, out_dtype, monkeypatch):
     _chain_tiles(impl, monkeypatch)
     monkeypatch.setattr(FUm, "LUT_BYTES_GENERIC", impl == "generic")
     calls = []
-    orig = FUm._gemm_vnni_requant_lut8
-    monkeypatch.setattr(FUm, "_gemm_vnni_requant_lut8", lambda *a: calls.append(1) or orig(*a))
+    orig = FUm._chain_requant_lut8
+    monkeypatch.setattr(FUm, "_chain_requant_lut8", lambda *a: calls.append(1) or orig(*a))
     rng = np.random.default_rng(14)
     info = np.iinfo(out_dtype)
     for m, k, n in ((9, 40, 70), (40, 64, 192)):
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
-        wz = rng.integers(0, 256, n)
-        pk = G.prepare_gemm(w, wz, None, 4, 255, path="vnni")
-        mult, shift = rng.integers(1, 1 << 30, n), rng.integers(16, 22, n)
+        w, wz, pk = _chain_packing(rng, n, k, 4, path)
+        mult, shift = rng.integers(1, 1 << 30, n), rng.integers(16 if path != "u8s8" else 14, 22, n)
         rc = F.RequantConsts.make(n, mult, shift, 0, 3, -512, 511, "half_even")
         table = rng.integers(info.min, info.max, 1024, endpoint=True).astype(out_dtype)
         codes = requantize_ref(gemm_zp_ref(x, 4, w, wz, None), mult, shift, 0, 3, -512, 511, "half_even",
@@ -455,8 +473,8 @@ def _split_heads_by_index(x, heads, groups):
     return y
 
 
-@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
-def test_gemm_requant_slices_in_heads_order(impl, monkeypatch):
+@pytest.mark.parametrize("impl, path", CHAIN_CASES)
+def test_gemm_requant_slices_in_heads_order(impl, path, monkeypatch):
     """The qkv chain writing split-heads order (ViT: G = 1; Swin: G windows) equals requantize then split
     heads, per slice, with row tails and every rounding mode."""
     from repq_hw.kernels.fused import gemm_requant_slices
@@ -468,9 +486,7 @@ def test_gemm_requant_slices_in_heads_order(impl, monkeypatch):
         w_ = heads * d
         m, k = b * groups * n, 24
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        wt = rng.integers(0, 256, (3 * w_, k), dtype=np.uint8)
-        wz = rng.integers(0, 256, 3 * w_)
-        pk = G.prepare_gemm(wt, wz, None, 7, 255, path="vnni")
+        wt, wz, pk = _chain_packing(rng, 3 * w_, k, 7, path)
         acc = gemm_zp_ref(x, 7, wt, wz, None)
         for mode in ROUNDING_MODES:
             rcs, exps = [], []
@@ -514,8 +530,8 @@ def test_merge_heads_requant_equals_merge_then_requantize(dtype):
     assert merge_heads_requant(big[:, :, :, :3], 1, rc, np.int8) is None  # channel count differs from rc
 
 
-@pytest.mark.parametrize("impl", ["generic"] + (["native"] if G.simd.has_vnni512() else []))
-def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, monkeypatch):
+@pytest.mark.parametrize("impl, path", CHAIN_CASES)
+def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, path, monkeypatch):
     """GEMM -> requantize -> residual add in one pass equals the references, saturating at both ends of
     the add's type (residuals at the int16 extremes), with row tails and every rounding mode."""
     from repq_hw.kernels.fused import gemm_requant_add
@@ -525,9 +541,7 @@ def test_gemm_requant_add_equals_requantize_then_saturating_add(impl, monkeypatc
     rng = np.random.default_rng(23)
     for m, k, n in ((13, 20, 37), (64, 96, 64), (1, 4, 1)):
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
-        wz = rng.integers(0, 256, n)
-        pk = G.prepare_gemm(w, wz, None, 3, 255, path="vnni")
+        w, wz, pk = _chain_packing(rng, n, k, 3, path)
         acc = gemm_zp_ref(x, 3, w, wz, None)
         res = rng.integers(-(1 << 15), 1 << 15, (m, n)).astype(np.int16)
         res.reshape(-1)[0], res.reshape(-1)[-1] = -(1 << 15), (1 << 15) - 1
