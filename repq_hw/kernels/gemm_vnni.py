@@ -5,6 +5,8 @@ Paths (chosen once per weight matrix, see :func:`choose_path`; force one with :f
 
 ``vnni``      AVX-512 VNNI: ``vpdpbusd`` (u8 x s8, 64 MACs per instruction), 8 x 32 register tile of int32
               accumulators (16 zmm), weights packed (panel of 32 columns, k/4, 32 lanes, 4 bytes).
+              q.k^T (:func:`bmm_zp_fast`) packs k per head with 16 x 16 word transposes and starts each
+              tile's accumulators at its zero-point terms (the comment opening the q.k^T section).
 ``u8s8``      AVX2, small codes (e.g. W4A4): ``vpmaddubsw`` (32 MACs per instruction) summed in int16 lanes
               for ``T`` steps (proved exact, ``gemm_pack.u8s8_period``), then widened into int32
               accumulators with ``vpmaddwd`` by ones; 6 x 16 tile.
@@ -24,7 +26,8 @@ partial sum can wrap (``PackedGemm.safe``); otherwise the call goes to ``gemm.ge
 (int64 accumulation, the reference's OverflowError), so results and errors are the reference's always.
 
 Threads: tiles are distributed with ``prange``; every output element is computed by exactly one tile in
-a fixed summation order, so the result does not depend on the thread count.
+a fixed summation order (q.k^T: heads are distributed, and a remainder tile recomputes some elements of its
+neighbour in the same thread, exactly), so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import gemm as _gemm
 from . import simd
@@ -46,6 +52,7 @@ from .simd import (
     dpbusd,
     f8_to_i32,
     fmaf8,
+    hsum32,
     lane,
     load8,
     load16,
@@ -53,6 +60,7 @@ from .simd import (
     madd_i16,
     madd_u8s8,
     mul32,
+    sad_u8,
     splat16,
     store8,
     store16,
@@ -698,18 +706,6 @@ def _pack_i16_rows(b, zb, bp, cst, za, k2n, npan):
         cst[c] = np.int32(-za * s)
 
 
-@njit(cache=True)
-def _pack_s8_rows(b, off, bp, nr, kqn):
-    """b uint8 [N, K] -> bp int8 (panel, k/4, nr, 4) of b - off."""
-    nn, k = b.shape
-    bp[:] = 0
-    for c in range(nn):
-        p = c // nr
-        j = c - p * nr
-        for kk in range(k):
-            bp[((p * kqn + (kk >> 2)) * nr + j) * 4 + (kk & 3)] = np.int8(np.int32(b[c, kk]) - np.int32(off))
-
-
 @njit(cache=True, parallel=True)
 def _bmm_i16(tag, a, za, b, zb, out):
     nb, m, k = a.shape
@@ -756,107 +752,334 @@ def _bmm_portable(a, za, b, zb, out):
             _row_portable(a16, kp, r, b16, cst, o, nn)
 
 
+# q.k^T on the vnni path (_bmm_vnni): per head, k is packed into int8 panels of 32 columns (k - 128 as a byte
+# is k ^ 0x80) and each 8 x 32 register tile of int32 accumulators starts at the zero-point terms (column
+# constant + row term) and ends in plain stores: nothing is left to do after the K loop.  A remainder of
+# rows or columns is covered by a tile ending at the last row / column (overlapping the previous one, whose
+# values it recomputes identically), so only shapes smaller than a tile take clipped stores.
+
+_V16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _vec16_ptr(context, builder, aryty, ary, idx):
+    arr = context.make_array(aryty)(context, builder, ary)
+    p = cgutils.get_item_pointer(context, builder, aryty, arr, [idx], wraparound=False)
+    return builder.bitcast(p, _V16.as_pointer())
+
+
+@intrinsic
+def _tr16_flip(typingctx, src, so, ss, dst, do, ds):
+    """Transpose a 16 x 16 block of 32-bit words, flipping bit 7 of every byte: the 16 words at byte element
+    ``so + j*ss`` of ``src`` (row j) become lane j of the 16 vectors stored at ``do + q*ds`` of ``dst``
+    (q = 0..15), each word xor 0x80808080.  src and dst are 1-D contiguous 8-bit arrays.  Plain LLVM IR
+    (shufflevector, xor): the same code for simd.NATIVE and simd.GENERIC, any CPU."""
+    for arr in (src, dst):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C" and arr.dtype.bitwidth == 8):
+            raise TypeError(f"_tr16_flip: expected a 1-D contiguous 8-bit array, got {arr}")
+    for x in (so, ss, do, ds):
+        if not isinstance(x, types.Integer):
+            raise TypeError(f"_tr16_flip: expected an integer offset, got {x}")
+
+    def codegen(context, builder, sig, args):
+        sa, da = args[0], args[3]
+        so_, ss_, do_, ds_ = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4, 5))
+        it = so_.type
+        rows = [builder.load(_vec16_ptr(context, builder, sig.args[0], sa,
+                                        builder.add(so_, builder.mul(ss_, ir.Constant(it, j)))), align=1)
+                for j in range(16)]
+        # stage h exchanges bit h of the row index with bit h of the lane index (4 stages: a transpose)
+        for h in (1, 2, 4, 8):
+            lo = ir.Constant(_V16, [x if not x & h else 16 + x - h for x in range(16)])
+            hi = ir.Constant(_V16, [x + h if not x & h else 16 + x for x in range(16)])
+            new = list(rows)
+            for v in range(16):
+                if not v & h:
+                    new[v] = builder.shuffle_vector(rows[v], rows[v + h], lo)
+                    new[v + h] = builder.shuffle_vector(rows[v], rows[v + h], hi)
+            rows = new
+        flip = ir.Constant(_V16, [0x80808080 - (1 << 32)] * 16)
+        for q in range(16):
+            p = _vec16_ptr(context, builder, sig.args[3], da, builder.add(do_, builder.mul(ds_, ir.Constant(it, q))))
+            builder.store(builder.xor(rows[q], flip), p, align=1)
+        return context.get_dummy_value()
+
+    return types.none(src, so, ss, dst, do, ds), codegen
+
+
+@njit(cache=True, inline="always")
+def _qk_put(out, o, ok, v0, v1, nc):
+    """One tile row at out[o:]: nc >= 32 lanes of v0|v1, or exactly 16 of v0, or nc < 32 lanes one by one;
+    nothing when not ok (a row past M)."""
+    if ok:
+        if nc >= 32:
+            store16(out, o, v0)
+            store16(out, o + 16, v1)
+        elif nc == 16:
+            store16(out, o, v0)
+        else:
+            for j in range(min(16, nc)):
+                out[o + j] = lane(v0, j)
+            for j in range(16, nc):
+                out[o + j] = lane(v1, j - 16)
+
+
+@njit(cache=True, inline="always")
+def _qk_tile32(tag, a, lda, ra, nr, kqn, bp, bo, colc, cc, rowc, out, oo, ldo, nc):
+    """8 x 32 q.k^T tile: rows ra .. ra+7 of a (uint8, row stride lda; rows past nr re-read row nr-1 and are
+    not stored) times the panel at bp[bo:] (k/4, 32 lanes, 4 int8); accumulators start at colc[cc + j] +
+    rowc[row]; nc columns stored at out[oo + r*ldo:]."""
+    last = nr - 1
+    o0 = ra * lda
+    o1 = (ra + min(1, last)) * lda
+    o2 = (ra + min(2, last)) * lda
+    o3 = (ra + min(3, last)) * lda
+    o4 = (ra + min(4, last)) * lda
+    o5 = (ra + min(5, last)) * lda
+    o6 = (ra + min(6, last)) * lda
+    o7 = (ra + min(7, last)) * lda
+    q0 = load16(colc, cc)
+    q1 = load16(colc, cc + 16)
+    x = splat16(rowc[ra])
+    c00 = add32(q0, x)
+    c01 = add32(q1, x)
+    x = splat16(rowc[ra + min(1, last)])
+    c10 = add32(q0, x)
+    c11 = add32(q1, x)
+    x = splat16(rowc[ra + min(2, last)])
+    c20 = add32(q0, x)
+    c21 = add32(q1, x)
+    x = splat16(rowc[ra + min(3, last)])
+    c30 = add32(q0, x)
+    c31 = add32(q1, x)
+    x = splat16(rowc[ra + min(4, last)])
+    c40 = add32(q0, x)
+    c41 = add32(q1, x)
+    x = splat16(rowc[ra + min(5, last)])
+    c50 = add32(q0, x)
+    c51 = add32(q1, x)
+    x = splat16(rowc[ra + min(6, last)])
+    c60 = add32(q0, x)
+    c61 = add32(q1, x)
+    x = splat16(rowc[ra + min(7, last)])
+    c70 = add32(q0, x)
+    c71 = add32(q1, x)
+    for kq in range(kqn):
+        b0 = load16(bp, bo)
+        b1 = load16(bp, bo + 64)
+        bo += 128
+        kk = 4 * kq
+        x = bcast16(a, o0 + kk)
+        c00 = dpbusd(tag, c00, x, b0)
+        c01 = dpbusd(tag, c01, x, b1)
+        x = bcast16(a, o1 + kk)
+        c10 = dpbusd(tag, c10, x, b0)
+        c11 = dpbusd(tag, c11, x, b1)
+        x = bcast16(a, o2 + kk)
+        c20 = dpbusd(tag, c20, x, b0)
+        c21 = dpbusd(tag, c21, x, b1)
+        x = bcast16(a, o3 + kk)
+        c30 = dpbusd(tag, c30, x, b0)
+        c31 = dpbusd(tag, c31, x, b1)
+        x = bcast16(a, o4 + kk)
+        c40 = dpbusd(tag, c40, x, b0)
+        c41 = dpbusd(tag, c41, x, b1)
+        x = bcast16(a, o5 + kk)
+        c50 = dpbusd(tag, c50, x, b0)
+        c51 = dpbusd(tag, c51, x, b1)
+        x = bcast16(a, o6 + kk)
+        c60 = dpbusd(tag, c60, x, b0)
+        c61 = dpbusd(tag, c61, x, b1)
+        x = bcast16(a, o7 + kk)
+        c70 = dpbusd(tag, c70, x, b0)
+        c71 = dpbusd(tag, c71, x, b1)
+    _qk_put(out, oo, True, c00, c01, nc)
+    _qk_put(out, oo + ldo, 1 < nr, c10, c11, nc)
+    _qk_put(out, oo + 2 * ldo, 2 < nr, c20, c21, nc)
+    _qk_put(out, oo + 3 * ldo, 3 < nr, c30, c31, nc)
+    _qk_put(out, oo + 4 * ldo, 4 < nr, c40, c41, nc)
+    _qk_put(out, oo + 5 * ldo, 5 < nr, c50, c51, nc)
+    _qk_put(out, oo + 6 * ldo, 6 < nr, c60, c61, nc)
+    _qk_put(out, oo + 7 * ldo, 7 < nr, c70, c71, nc)
+
+
+@njit(cache=True, inline="always")
+def _qk_tile16(tag, a, lda, ra, nr, kqn, bp, bo, colc, cc, rowc, out, oo, ldo, nc):
+    """8 x 16 q.k^T tile (the first 16 lanes of a panel; nc <= 16), otherwise as :func:`_qk_tile32`."""
+    last = nr - 1
+    o0 = ra * lda
+    o1 = (ra + min(1, last)) * lda
+    o2 = (ra + min(2, last)) * lda
+    o3 = (ra + min(3, last)) * lda
+    o4 = (ra + min(4, last)) * lda
+    o5 = (ra + min(5, last)) * lda
+    o6 = (ra + min(6, last)) * lda
+    o7 = (ra + min(7, last)) * lda
+    q0 = load16(colc, cc)
+    c0 = add32(q0, splat16(rowc[ra]))
+    c1 = add32(q0, splat16(rowc[ra + min(1, last)]))
+    c2 = add32(q0, splat16(rowc[ra + min(2, last)]))
+    c3 = add32(q0, splat16(rowc[ra + min(3, last)]))
+    c4 = add32(q0, splat16(rowc[ra + min(4, last)]))
+    c5 = add32(q0, splat16(rowc[ra + min(5, last)]))
+    c6 = add32(q0, splat16(rowc[ra + min(6, last)]))
+    c7 = add32(q0, splat16(rowc[ra + min(7, last)]))
+    for kq in range(kqn):
+        b0 = load16(bp, bo)
+        bo += 128
+        kk = 4 * kq
+        c0 = dpbusd(tag, c0, bcast16(a, o0 + kk), b0)
+        c1 = dpbusd(tag, c1, bcast16(a, o1 + kk), b0)
+        c2 = dpbusd(tag, c2, bcast16(a, o2 + kk), b0)
+        c3 = dpbusd(tag, c3, bcast16(a, o3 + kk), b0)
+        c4 = dpbusd(tag, c4, bcast16(a, o4 + kk), b0)
+        c5 = dpbusd(tag, c5, bcast16(a, o5 + kk), b0)
+        c6 = dpbusd(tag, c6, bcast16(a, o6 + kk), b0)
+        c7 = dpbusd(tag, c7, bcast16(a, o7 + kk), b0)
+    _qk_put(out, oo, True, c0, c0, nc)
+    _qk_put(out, oo + ldo, 1 < nr, c1, c1, nc)
+    _qk_put(out, oo + 2 * ldo, 2 < nr, c2, c2, nc)
+    _qk_put(out, oo + 3 * ldo, 3 < nr, c3, c3, nc)
+    _qk_put(out, oo + 4 * ldo, 4 < nr, c4, c4, nc)
+    _qk_put(out, oo + 5 * ldo, 5 < nr, c5, c5, nc)
+    _qk_put(out, oo + 6 * ldo, 6 < nr, c6, c6, nc)
+    _qk_put(out, oo + 7 * ldo, 7 < nr, c7, c7, nc)
+
+
 @njit(cache=True)
-def _pack_s8_panels32(b, i, off, kqn, b8, bp):
-    """b[i] uint8 [N, K] -> bp int8 (panel of 32 rows, k/4, 32, 4) of b - off, moving 4-byte groups (b8: a
-    [N, 4*kqn] uint8 scratch holding b - off, zero padded; bp is zeroed where no row or k reaches)."""
+def _qk_panels(nn):
+    """The column panels covering columns 0 .. nn-1: (start, width 32 or 16) arrays.  Full 32-wide panels,
+    then a remainder r as one panel ending at column nn-1 (32 wide if r > 16, else 16), which overlaps the
+    panel before it; where nn is too small for that: two 16-wide panels (16 < nn < 32) or one 16-wide
+    panel at 0 whose stores are clipped to nn columns (nn < 16)."""
+    nf = nn // 32
+    rem = nn - 32 * nf
+    two = nn < 32 and rem > 16
+    np_ = nf + (0 if rem == 0 else (2 if two else 1))
+    cs = np.empty(np_, np.int64)
+    w = np.empty(np_, np.int64)
+    for t in range(nf):
+        cs[t] = 32 * t
+        w[t] = 32
+    if two:
+        cs[nf] = 0
+        w[nf] = 16
+        cs[nf + 1] = nn - 16
+        w[nf + 1] = 16
+    elif rem > 16:
+        cs[nf] = nn - 32
+        w[nf] = 32
+    elif rem > 0:
+        cs[nf] = max(nn - 16, 0)
+        w[nf] = 16
+    return cs, w
+
+
+@njit(cache=True)
+def _qk_pack(b, i, za, zb, off, kqn, cs, csum, bp, colc):
+    """Head i's k (b[i]: uint8 [N, K], row c = output column c) for the tiles, any K and N: bp (panel t,
+    k/4, 32 lanes, 4 bytes) int8 of b - off, K padded with 0, lane j = column cs[t] + j (lanes past N are
+    not written); colc[32 t + j] = the column constant -za * (sum_k b[c, k] - K * zb); csum: scratch [N]."""
     nn, k = b.shape[1], b.shape[2]
     kp = 4 * kqn
+    bf = b[i].reshape(-1)
     for c in range(nn):
-        row = b[i, c]
-        o = c * kp
-        for kk in range(k):
-            b8[o + kk] = np.uint8((np.int32(row[kk]) - np.int32(off)) & 255)
-        for kk in range(k, kp):
-            b8[o + kk] = 0
-    s32 = b8.view(np.uint32)
-    d32 = bp.view(np.uint32)
-    if nn % 32:
-        d32[:] = 0
-    for c in range(nn):
-        p = c >> 5
-        j = c & 31
-        for kq in range(kqn):
-            d32[(p * kqn + kq) * 32 + j] = s32[c * kqn + kq]
-
-
-@njit(cache=True)
-def bmm_vnni_prep_into(a, i, za, b, zb, off, a8, rowsum, bp, cst, ev):
-    """Batch i of q.k^T on the vnni path, packed once into caller-owned scratch: a8 (uint8 rows with K padded
-    to 4; used only where K is not a multiple of 4), row sums, bp (int8 panels of b - off), per-column
-    constants cst and row-sum factors ev = off - zb; bp, cst and ev are sized for the panels and stay zero
-    past N and K (allocated zeroed once, those entries are never written).  Returns the a8 rows.
-
-    off is 128 (``bmm_vnni_offset``), so b - off as a byte is b ^ 0x80: b's rows are moved four bytes at a
-    time with one xor.  Row sums are only formed where e != 0 (the tile adds e * rowsum only then)."""
-    m, k = a.shape[1], a.shape[2]
-    nn = b.shape[1]
-    kqn = (k + 3) // 4
-    kp = 4 * kqn
-    e = np.int32(off - zb)
-    if kp == k:
-        a8 = a[i].reshape(-1)
-    else:
-        for r in range(m):
-            for kk in range(k):
-                a8[r * kp + kk] = a[i, r, kk]
-    if e != 0:
-        for r in range(m):
-            row = a8[r * kp:(r + 1) * kp]
-            s = np.int32(0)
-            for kk in range(kp):
-                s += np.int32(row[kk])
-            rowsum[r] = s
-    d32 = bp.view(np.uint32)  # panel columns past N and k past K stay 0 (never written)
-    flip = np.uint32(0x80808080)
-    for c in range(nn):
-        row = b[i, c]
-        base = (c >> 5) * kqn * 32 + (c & 31)
-        if kp == k:
-            w = row.view(np.uint32)
-            for kq in range(kqn):
-                d32[base + kq * 32] = w[kq] ^ flip
-        else:
-            for kk in range(k):
-                bp[(base + (kk >> 2) * 32) * 4 + (kk & 3)] = np.int8(np.int32(row[kk]) - np.int32(off))
         s = np.int32(0)
         for kk in range(k):
-            s += np.int32(row[kk])
-        s -= np.int32(k) * np.int32(off)
-        # const = -za*colsum(b - off) - K*za*e  (gemm_pack's identity with bias 0)
-        cst[c] = np.int32(-za * s - k * za * e)
-        ev[c] = e
-    return a8
+            s += np.int32(bf[c * k + kk])
+        csum[c] = np.int32(-za * (s - k * zb))
+    for t in range(cs.size):
+        for j in range(min(32, nn - cs[t])):
+            c = cs[t] + j
+            colc[t * 32 + j] = csum[c]
+            for kk in range(kp):
+                v = np.int32(bf[c * k + kk]) - np.int32(off) if kk < k else np.int32(0)
+                bp[((t * kqn + (kk >> 2)) * 32 + j) * 4 + (kk & 3)] = np.int8(v)
 
 
 @njit(cache=True)
-def bmm_vnni_rows(tag, a8, kp, r0, rows, rowsum, bp, cst, ev, use_rs, nn, out):
-    """Rows r0 .. r0+rows-1 (rows <= 8) of one batch's q.k^T into out [rows, nn] (int32, 1-D)."""
-    kqn = kp // 4
-    a_blk = a8[r0 * kp:]
-    rs_blk = rowsum[r0:]
-    for p in range((nn + 31) // 32):
-        _tile_vnni(tag, a_blk, kp, 0, rows, bp, p * kqn * 128, kqn, cst, ev, rs_blk, use_rs, p * 32, out, nn, nn)
+def _qk_pack64(tag, b, i, za, zb, kqn, cs, bp, colc):
+    """:func:`_qk_pack` for K a multiple of 64, N >= 16 and off = 128: each 16 columns x 64 bytes is one
+    16 x 16 word transpose with the xor (:func:`_tr16_flip`), and the column sums are taken from the packed
+    panel by vpdpbusd with ones: sum_k (b - 128) per lane, so colc = -za * (that + K * (128 - zb))."""
+    nn, k = b.shape[1], b.shape[2]
+    bf = b.reshape(-1)
+    base = i * nn * k
+    ones = splat16(0x01010101)
+    kc = splat16(k * (128 - zb))
+    nz = splat16(-za)
+    for t in range(cs.size):
+        for hh in range(2):
+            c0 = cs[t] + 16 * hh
+            if c0 + 16 > nn:  # the unused upper half of a 16-wide panel
+                break
+            po = t * kqn * 128 + 64 * hh
+            for g in range(kqn // 16):
+                _tr16_flip(bf, base + c0 * k + 64 * g, k, bp, po + g * 16 * 128, 128)
+            s = zero16()
+            for kq in range(kqn):
+                s = dpbusd(tag, s, ones, load16(bp, po + kq * 128))
+            store16(colc, t * 32 + 16 * hh, mul32(nz, add32(s, kc)))
 
 
 @njit(cache=True, parallel=True)
 def _bmm_vnni(tag, a, za, b, zb, off, out):
+    """out[i] = (a[i] - za) . (b[i] - zb)^T on the vnni path (off: :func:`bmm_vnni_offset`, which proved that
+    no int32 sum wraps).  Per head: row terms rowc[r] = (off - zb) * sum_k a[r, k] (vpsadbw), k packed
+    (:func:`_qk_pack64` or :func:`_qk_pack`), then 8-row blocks x panels of tiles.  Heads are split among
+    threads in contiguous chunks; each element is written by one thread, always with the same value."""
     nb, m, k = a.shape
     nn = b.shape[1]
     kqn = (k + 3) // 4
-    npan = (nn + 31) // 32
-    nch = min(nb, 16)  # scratch allocated once per chunk of batches
+    kp = 4 * kqn
+    cs, w = _qk_panels(nn)
+    npt = cs.size
+    e = np.int32(off - zb)
+    fast = k % 64 == 0 and nn >= 16 and off == 128
+    nr = min(8, m)
+    nblk = (m + 7) // 8
+    of = out.reshape(-1)
+    nch = min(nb, 16)  # scratch allocated once per chunk of heads
     for ch in prange(nch):
-        a8s = np.zeros(m * 4 * kqn, dtype=np.uint8)
-        rowsum = np.zeros(m, dtype=np.int32)
-        bp = np.zeros(npan * kqn * 128, dtype=np.int8)
-        cst = np.zeros(npan * 32, dtype=np.int32)
-        ev = np.zeros(npan * 32, dtype=np.int32)
+        a8s = np.zeros(m * kp, dtype=np.uint8)  # K padded to 4 (only where K is not a multiple of 4)
+        rowc = np.zeros(m, dtype=np.int32)
+        csum = np.empty(nn, dtype=np.int32)
+        bp = np.zeros(npt * kqn * 128, dtype=np.int8)
+        colc = np.zeros(npt * 32, dtype=np.int32)
         for i in range(ch * nb // nch, (ch + 1) * nb // nch):
-            a8 = bmm_vnni_prep_into(a, i, za, b, zb, off, a8s, rowsum, bp, cst, ev)
-            o = out[i].reshape(-1)
-            for r0 in range(0, m, 8):
-                bmm_vnni_rows(tag, a8, 4 * kqn, r0, min(8, m - r0), rowsum, bp, cst, ev, off != zb, nn, o[r0 * nn:])
+            if kp == k:
+                a8 = a[i].reshape(-1)
+            else:
+                a8 = a8s
+                for r in range(m):
+                    for kk in range(k):
+                        a8[r * kp + kk] = a[i, r, kk]
+            if e != 0:
+                for r in range(m):
+                    acc = zero16()
+                    g = 0
+                    while g + 64 <= kp:
+                        acc = add32(acc, sad_u8(tag, load16(a8, r * kp + g)))
+                        g += 64
+                    s = hsum32(acc)
+                    for kk in range(g, kp):
+                        s += np.int32(a8[r * kp + kk])
+                    rowc[r] = np.int32(e * s)
+            if fast:
+                _qk_pack64(tag, b, i, za, zb, kqn, cs, bp, colc)
+            else:
+                _qk_pack(b, i, za, zb, off, kqn, cs, csum, bp, colc)
+            ob = i * m * nn
+            for bi in range(nblk):
+                ra = min(8 * bi, m - nr)  # the last block ends at row m-1 (overlapping) when m >= 8
+                for t in range(npt):
+                    c0 = cs[t]
+                    nc = min(w[t], nn - c0)
+                    if w[t] == 32:
+                        _qk_tile32(tag, a8, kp, ra, nr, kqn, bp, t * kqn * 128, colc, t * 32, rowc, of,
+                                   ob + ra * nn + c0, nn, nc)
+                    else:
+                        _qk_tile16(tag, a8, kp, ra, nr, kqn, bp, t * kqn * 128, colc, t * 32, rowc, of,
+                                   ob + ra * nn + c0, nn, nc)
 
 
 def bmm_vnni_offset(k: int, za: int, zb: int) -> int | None:

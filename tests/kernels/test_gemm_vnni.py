@@ -94,6 +94,106 @@ def test_bmm_overflow_errors_are_the_references():
         G.bmm_zp_fast(np.zeros((1, 1, 2), np.uint8), 2147483647, np.zeros((1, 1, 2), np.uint8), -2147483648)
 
 
+# q.k^T on the vnni path: the kernel itself, with both implementation tags (GENERIC runs anywhere)
+BMM_TAGS = [simd.GENERIC] + ([simd.NATIVE] if simd.has_vnni512() else [])
+
+
+def bmm_vnni(tag, a, za, b, zb):
+    off = G.bmm_vnni_offset(a.shape[2], za, zb)
+    assert off is not None
+    out = np.full((a.shape[0], a.shape[1], b.shape[1]), -12345, dtype=np.int32)  # no element left unwritten
+    G._bmm_vnni(tag, a, za, b, zb, off, out)
+    return out
+
+
+@pytest.mark.parametrize("tag", BMM_TAGS, ids=lambda t: t.name)
+@pytest.mark.parametrize("nb,m,k,n", [
+    (1, 1, 64, 1), (1, 1, 1, 1), (2, 3, 64, 7), (1, 8, 64, 16), (1, 9, 64, 17), (1, 7, 64, 31), (1, 16, 64, 32),
+    (2, 17, 64, 33), (1, 8, 64, 48), (1, 24, 128, 49), (1, 13, 192, 63), (3, 197 // 3, 64, 197 // 3),
+    (1, 20, 5, 40), (1, 11, 63, 70), (2, 10, 12, 15), (1, 40, 32, 64), (1, 5, 0, 9)])
+def test_bmm_vnni_kernel_equals_reference(tag, nb, m, k, n):
+    """Every remainder of rows (8-row blocks) and columns (32 / 16 panels, the overlapping last panel, the
+    clipped small ones), K on the transposing packer (multiple of 64) or the plain one (any K, also not a
+    multiple of 4), zero points on both sides of 128 (row term on) and 128 itself (row term off)."""
+    rng = np.random.default_rng(nb * 1000 + m * 100 + k + n)
+    a = rng.integers(0, 256, (nb, m, k), dtype=np.uint8)
+    b = rng.integers(0, 256, (nb, n, k), dtype=np.uint8)
+    for za, zb in ((int(rng.integers(0, 256)), int(rng.integers(0, 256))), (0, 0), (255, 255), (0, 255),
+                   (255, 0), (128, 128), (-300, 7), (77, -2)):
+        assert np.array_equal(bmm_vnni(tag, a, za, b, zb), bmm_zp_ref(a, za, b, zb)), (za, zb)
+
+
+@pytest.mark.parametrize("tag", BMM_TAGS, ids=lambda t: t.name)
+def test_bmm_vnni_extreme_codes(tag):
+    """All-0 and all-255 operands (the largest products of either sign) at DeiT-S head shapes."""
+    shape = (2, 197, 64)
+    for av, bv in ((0, 0), (255, 255), (0, 255), (255, 0)):
+        a = np.full(shape, av, np.uint8)
+        b = np.full(shape, bv, np.uint8)
+        b[1, ::3] = 255 - bv  # a second pattern in the second head
+        for za, zb in ((0, 0), (255, 255), (0, 255), (255, 0), (128, 127)):
+            assert np.array_equal(bmm_vnni(tag, a, za, b, zb), bmm_zp_ref(a, za, b, zb)), (av, bv, za, zb)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nb=st.integers(1, 3), m=st.integers(1, 40), k=st.sampled_from([1, 3, 4, 8, 61, 64, 128]),
+       n=st.integers(1, 80), za=st.integers(0, 255), zb=st.integers(0, 255), seed=st.integers(0, 2**31))
+def test_bmm_vnni_hypothesis(nb, m, k, n, za, zb, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (nb, m, k), dtype=np.uint8)
+    b = rng.integers(0, 256, (nb, n, k), dtype=np.uint8)
+    ref = bmm_zp_ref(a, za, b, zb)
+    for tag in BMM_TAGS:
+        assert np.array_equal(bmm_vnni(tag, a, za, b, zb), ref)
+
+
+def test_bmm_vnni_thread_count_does_not_change_results():
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 256, (5, 50, 64), dtype=np.uint8)
+    b = rng.integers(0, 256, (5, 45, 64), dtype=np.uint8)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = G.bmm_zp_fast(a, 100, b, 31, path="vnni")
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = G.bmm_zp_fast(a, 100, b, 31, path="vnni")
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(one, two)
+    assert np.array_equal(one, bmm_zp_ref(a, 100, b, 31))
+
+
+def test_qk_panels_cover_every_column():
+    for nn in range(1, 140):
+        cs, w = G._qk_panels(nn)
+        covered = np.zeros(nn, np.int64)
+        for c0, wd in zip(cs, w, strict=True):
+            assert wd in (16, 32) and 0 <= c0 < nn
+            stored = min(wd, nn - c0)
+            assert stored == wd or nn < 16  # clipped stores only where nn is smaller than any panel
+            covered[c0:c0 + stored] += 1
+        assert covered.min() == 1 and covered.max() <= 2  # every column, at most once recomputed
+        assert sum(w) - nn < 32  # at most one panel's worth of extra work
+
+
+def test_tr16_flip_is_a_transpose_with_xor():
+    from numba import njit
+
+    @njit
+    def run(src, so, ss, dst, do, ds):
+        G._tr16_flip(src, so, ss, dst, do, ds)
+
+    rng = np.random.default_rng(12)
+    src = rng.integers(0, 256, 16 * 100 + 8, dtype=np.uint8)
+    dst = np.zeros(15 * 136 + 64 + 9, dtype=np.int8)
+    run(src, 5, 100, dst, 9, 136)
+    words = np.stack([src[5 + 100 * j:5 + 100 * j + 64].view(np.uint32) for j in range(16)])  # [row j, word q]
+    exp = np.zeros_like(dst)
+    for q in range(16):
+        exp[9 + 136 * q:9 + 136 * q + 64] = (words[:, q] ^ np.uint32(0x80808080)).view(np.int8)
+    assert np.array_equal(dst, exp)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_thread_count_does_not_change_results(path):
     rng = np.random.default_rng(3)
