@@ -31,14 +31,15 @@ def sat_add(x: np.ndarray, y: np.ndarray, lo: int, hi: int, out_dtype) -> np.nda
 @njit(cache=True, parallel=True)
 def _sat_add_tiled(x, v, lo, hi, out):
     per = x.shape[1]
-    vn = v.shape[0]
+    vn = v.shape[0]  # divides per (checked by the caller)
     for b in prange(x.shape[0]):
-        j = 0
-        for i in range(per):  # per-image flat index i -> value[i mod V] (tiling along axis 0 = flat tiling)
-            out[b, i] = min(max(np.int64(x[b, i]) + np.int64(v[j]), lo), hi)
-            j += 1
-            if j == vn:
-                j = 0
+        # per-image flat index i -> value[i mod V] (tiling along axis 0 = flat tiling), one whole tile at a
+        # time on 0-based views: the loop vectorizes (a wrapping index into v measured ~8x slower)
+        for t0 in range(0, per, vn):
+            xs = x[b, t0:t0 + vn]
+            os = out[b, t0:t0 + vn]
+            for j in range(vn):
+                os[j] = min(max(np.int64(xs[j]) + np.int64(v[j]), lo), hi)
 
 
 def sat_add_tiled(x: np.ndarray, value: np.ndarray, lo: int, hi: int, out_dtype) -> np.ndarray | None:
