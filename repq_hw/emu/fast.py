@@ -447,7 +447,7 @@ def _slices_requant(g: Graph, consumers: dict[str, list[int]], i: int
 
 def _gemm_requant_slices(g: Graph, gemm_step, rqs: list[Node], slices: list[Node], splits: list[Node]
                          ) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.CHAIN_PATHS:
         return None
     heads = None
     if splits:  # [G*N, H*d] -> [G*H, N, d] as SPLIT_HEADS defines it
@@ -514,7 +514,7 @@ def _requant_consts(g: Graph, rq: Node, channels: int | None = None):
 
 
 def _gemm_requant_lut(g: Graph, gemm_step, rq: Node, lut: Node) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.CHAIN_PATHS:
         return None
     out_t = g.tensors[lut.outputs[0]].type
     rc = _requant_consts(g, rq)
@@ -550,7 +550,7 @@ def _attn_v_merge_requant(g: Graph, av_step, merge: Node, rq: Node) -> Callable 
 def _gemm_requant_add(g: Graph, gemm_step, rq: Node, add: Node, residual: str) -> Callable | None:
     """GEMM -> requantize -> ADD with ``residual``: the step takes the GEMM's input and then the residual
     (``extra_inputs``, appended by ``run_graph``)."""
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.CHAIN_PATHS:
         return None
     rc = _requant_consts(g, rq)
     out_t = g.tensors[add.outputs[0]].type
@@ -570,7 +570,7 @@ def _gemm_requant_add(g: Graph, gemm_step, rq: Node, add: Node, residual: str) -
 
 
 def _gemm_requant(g: Graph, gemm_step, rq: Node) -> Callable | None:
-    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.PATH_IDS:
+    if not isinstance(gemm_step, _Gemm) or gemm_step.pk.path not in FU.CHAIN_PATHS:
         return None
     out_t = g.tensors[rq.outputs[0]].type
     rc = _requant_consts(g, rq)

@@ -42,7 +42,8 @@ chain                       composes                                    intermed
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from . import lut, simd
 from .gemm_pack import u8s8_period
@@ -163,39 +164,55 @@ def _block_rows(n: int, tile_rows: int = 8) -> int:
     return max(t, min(ROWS_PER_BLOCK // t * t, (65536 // max(n, 1)) // t * t))
 
 
-PATH_IDS = {"vnni": 0, "u8s8": 1, "i16": 2}
+CHAIN_PATHS = ("vnni", "u8s8", "i16")
 """The GEMM packings the chains run on (their tiles: ``gemm_vnni._tile_vnni`` 8 x 32, ``_tile_u8s8`` and
 ``_tile_i16`` 6 x 16)."""
 
 
-@njit(cache=True, inline="always")
-def _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc):
+def _block_at(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc):
     """The int32 products of rows [r0, r0 + rows) into ``acc`` (row stride n), panel by panel; returns rows.
-    pid (``PATH_IDS``) picks the packing's tiles: a (uint8) feeds vnni and u8s8, a16 (int16) i16; kq is the
-    tiles' K step count (k-quads, or k-pairs for i16), period the u8s8 int16 summing period.  vtag (vnni tiles)
-    and atag (AVX2 tiles) are separate: every branch is compiled, so the branches a call does not take get
-    simd.GENERIC (an AVX2-only target must not see a VNNI instruction, even in dead code)."""
-    rows = min(rb, m - r0)
-    if pid == 0:
+
+    The packing's tiles are picked from the argument *types* while compiling (so a kernel compiles only its
+    own path's tiles, and an AVX2 target never sees a VNNI instruction): a16 (int16 rows) not None -> i16;
+    else ev (the vnni packing's e) None -> u8s8; else vnni.  a: uint8 rows (vnni, u8s8); kq: the tiles' K
+    step count (k-quads, or k-pairs for i16); period: the u8s8 int16 summing period.  (Numba only: the
+    implementations are the overload below.)"""
+    raise NotImplementedError("_block_at runs inside Numba kernels only")
+
+
+@overload(_block_at, inline="always")
+def _block_at_impl(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc):
+    if not isinstance(a16, types.NoneType):
+        def i16(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc):
+            rows = min(rb, m - r0)
+            for p in range(npan):
+                for s6 in range(0, rows, 6):
+                    _tile_i16(tag, a16[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 32, kq, cst,
+                              p * 16, acc[s6 * n:], n, n)
+            return rows
+        return i16
+    if isinstance(ev, types.NoneType):
+        def u8s8(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc):
+            rows = min(rb, m - r0)
+            for p in range(npan):
+                for s6 in range(0, rows, 6):
+                    _tile_u8s8(tag, a[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 64, kq, period,
+                               cst, p * 16, acc[s6 * n:], n, n)
+            return rows
+        return u8s8
+
+    def vnni(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc):
+        rows = min(rb, m - r0)
         for p in range(npan):
             for s8 in range(0, rows, 8):
-                _tile_vnni(vtag, a[(r0 + s8) * lda:], lda, 0, min(8, rows - s8), bp, p * kq * 128, kq, cst, ev,
+                _tile_vnni(tag, a[(r0 + s8) * lda:], lda, 0, min(8, rows - s8), bp, p * kq * 128, kq, cst, ev,
                            rowsum[r0 + s8:], use_rs, p * 32, acc[s8 * n:], n, n)
-    elif pid == 1:
-        for p in range(npan):
-            for s6 in range(0, rows, 6):
-                _tile_u8s8(atag, a[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 64, kq, period, cst,
-                           p * 16, acc[s6 * n:], n, n)
-    else:
-        for p in range(npan):
-            for s6 in range(0, rows, 6):
-                _tile_i16(atag, a16[(r0 + s6) * lda:], lda, 0, min(6, rows - s6), bp, p * kq * 32, kq, cst, p * 16,
-                          acc[s6 * n:], n, n)
-    return rows
+        return rows
+    return vnni
 
 
 @njit(cache=True, parallel=True)
-def _chain_slices(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, rb, starts, w, d,
+def _chain_slices(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, rb, starts, w, d,
                   mult, sh, h, off, has_off, zp, lo, hi, e1, e2, row_stride, head_stride, groups, tokens, head_block,
                   out):
     """out[s, dst(r) + hd * head_stride + j] = requantize(product[r, starts[s] + hd * d + j]) (slice s, head hd,
@@ -208,7 +225,7 @@ def _chain_slices(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev
         acc = np.empty(rb * n, np.int32)
         qrow = np.empty(w, out.dtype)
         r0 = blk * rb
-        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc)
         for si in range(starts.shape[0]):
             dst = out[si]
             c0 = starts[si]
@@ -233,28 +250,30 @@ def _chain_slices(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev
 
 
 def _gemm_operands(x: np.ndarray, pk, width: int) -> tuple | None:
-    """The leading arguments of the GEMM chain kernels for x against the packing ``pk`` (path id, tile tags,
+    """The leading arguments of the GEMM chain kernels for x against the packing ``pk`` (tile tag,
     padded activations, packed weights, constants, row sums: see ``_block_at``); None where the chain's
     preconditions fail (a path without chain tiles, another shape, codes above the packing's a_max)."""
-    pid = PATH_IDS.get(pk.path)
-    if pid is None or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k:
+    if pk.path not in CHAIN_PATHS or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != pk.k:
         return None
     m = x.shape[0]
     if m == 0 or width == 0 or pk.n == 0 or (pk.a_max < 255 and int(x.max()) > pk.a_max):
         return None
     rowsum = np.zeros(max(m, 1) if pk.path == "vnni" else 1, dtype=np.int32)
+    a8 = a16 = ev = None
+    period = 0
     if pk.path == "i16":
         a16, kp = _a_i16(x)
-        a8, kq, period = np.zeros(1, np.uint8), kp // 2, 0
+        kq = kp // 2
     else:
         a8, kp = _a_u8(x, 4)
-        a16, kq = np.zeros(1, np.int16), kp // 4
-        period = min(u8s8_period(pk.a_max, pk.b_absmax), kq + 1) if pk.path == "u8s8" else 0
-        if pk.path == "vnni" and pk.use_rowsum:
-            _rowsum_u8(a8, m, kp, pk.k, rowsum)
-    vtag = _tag("vnni") if pk.path == "vnni" else simd.GENERIC
-    atag = simd.GENERIC if pk.path == "vnni" else _tag(pk.path)
-    return (pid, vtag, atag, a8, a16, kp, m, pk.b, kq, period, pk.panels, pk.const, pk.e, rowsum,
+        kq = kp // 4
+        if pk.path == "u8s8":
+            period = min(u8s8_period(pk.a_max, pk.b_absmax), kq + 1)
+        else:
+            ev = pk.e
+            if pk.use_rowsum:
+                _rowsum_u8(a8, m, kp, pk.k, rowsum)
+    return (_tag(pk.path), a8, a16, ev, kp, m, pk.b, kq, period, pk.panels, pk.const, rowsum,
             pk.use_rowsum and pk.path == "vnni", pk.n)
 
 
@@ -342,7 +361,7 @@ def _requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: list,
 
 
 @njit(cache=True, parallel=True)
-def _chain_requant_lut(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+def _chain_requant_lut(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n,
                        mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, table, in_min, in_table, out, bad):
     """``in_table``: every requantized code (clamped to [lo + zp, hi + zp]) indexes the table, so the lookups
     need no bounds check (the caller proved it); else each index is checked and a miss is reported."""
@@ -351,7 +370,7 @@ def _chain_requant_lut(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cs
         acc = np.empty(rb * n, np.int32)
         q = np.empty(n, np.int32)
         r0 = blk * rb
-        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc)
         miss = 0
         for rr in range(rows):
             requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
@@ -370,7 +389,7 @@ def _chain_requant_lut(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cs
 
 
 @njit(cache=True, parallel=True)
-def _chain_requant_lut8(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+def _chain_requant_lut8(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n,
                         mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, ptag, tbl, nseg, base, out):
     """The chain with a byte table (``lut.byte_table``) looked up 64 codes at a time (``lut.lookup_bytes_row``);
     every requantized code + base is in the table (the caller proved it).  out: 1-D [m * n]."""
@@ -380,7 +399,7 @@ def _chain_requant_lut8(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, c
         ib = np.empty(n, np.uint8)
         sb = np.empty(n, np.uint8)
         r0 = blk * rb
-        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc)
         for rr in range(rows):
             requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)
             lookup_bytes_row(ptag, q, n, base, tbl, nseg, ib, sb, out, (r0 + rr) * n)
@@ -465,13 +484,13 @@ def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray
 
 
 @njit(cache=True, parallel=True)
-def _chain_requant_add(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n,
+def _chain_requant_add(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n,
                        mult, sh, h, off, has_off, zp, lo, hi, e1, e2, rb, res, add_lo, add_hi, out):
     for blk in prange((m + rb - 1) // rb):
         acc = np.empty(rb * n, np.int32)
         q = np.empty(n, np.int32)
         r0 = blk * rb
-        rows = _block_at(pid, vtag, atag, a, a16, lda, m, bp, kq, period, npan, cst, ev, rowsum, use_rs, n, r0, rb, acc)
+        rows = _block_at(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, use_rs, n, r0, rb, acc)
         for rr in range(rows):
             requant_run(acc[rr * n:], n, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, q)  # in [lo + zp, hi + zp]
             rrow, orow = res[r0 + rr], out[r0 + rr]  # 0-based row views: the loop vectorizes
