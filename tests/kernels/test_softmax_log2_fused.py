@@ -66,6 +66,25 @@ def test_fused_legacy_and_new_agree_on_real_like_rows(mode):
         assert np.array_equal(FU.softmax_log2_code(x, m, s, f, e, p, mode, table, np.uint8, **kw), want), kw
 
 
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+@pytest.mark.parametrize("attrs", [(1221832354, 37, 10, 22, 16), (1914980721, 30, 10, 22, 16)])
+def test_fused_swin_window_rows(mode, attrs):
+    """Swin-T window rows (N = 49 = 3 x 16 + 1: the 16-lane tail) with the Swin-T W8A8 / W4A4 softmax attributes
+    (lowered graphs), every kernel variant, against the reference."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 40000, (2, 3, 49, 49)).astype(np.int32)
+    x[0, 0, 0] = 5  # a uniform row
+    x[0, 0, 1, 7] = I32_MAX  # a one-hot row
+    m, s, f, e, p = attrs
+    for bits, delta, lc in DELTAS[:2]:
+        th = log2_thresholds(delta, bits, p, lc)
+        table = log2_code_table(th, bits, p + 1)
+        want = log2_code_ref(softmax_ref(x, m, s, f, e, p, mode), th, bits)
+        for kw in ({}, {"vec": False}, {"legacy": True}):
+            got = FU.softmax_log2_code(x, m, s, f, e, p, mode, table, np.uint8, **kw)
+            assert got is not None and np.array_equal(got, want), (kw, bits)
+
+
 def test_fused_preconditions_fall_back():
     rng = np.random.default_rng(6)
     x = rng.integers(-1000, 1000, (5, 33)).astype(np.int32)
