@@ -13,9 +13,9 @@ Contract:
     -2 log2(x / delta) exactly, from the bits of the float32 ratio, where the definition rounds torch's
     float32 log2 (which may err by an ulp): an element whose -2 log2 lies within that error of a
     half-integer can get the neighbouring code;
-  * squared errors are accumulated in float64, per fixed chunk of ``CHUNK`` elements with a fixed
-    order inside, and the chunk sums are added in chunk order: results do not depend on the thread
-    count. torch's float32 mean rounds differently, so two candidates whose scores differ by float32
+  * squared errors are accumulated in float64, per fixed chunk of ``CHUNK`` elements in an order fixed
+    by the compiled code (a vectorized sum, :func:`_sum_sq`), and the chunk sums are added in chunk
+    order: results do not depend on the thread count. torch's float32 mean rounds differently, so two candidates whose scores differ by float32
     rounding may rank the other way round; the search keeps the first of equal scores either way;
   * tail selection copies values, never computes them: it returns exactly what ``torch.topk`` does.
 
@@ -52,33 +52,18 @@ def _parallel(work: int) -> bool:
     return work >= PARALLEL_MIN
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _sum_sq(err):
-    """sum(err^2) of a float32 or float64 buffer in float64, in a fixed order: 8 interleaved partial
-    sums (a single float64 add chain is latency-bound; fastmath reordering is not used), then a tree."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    m = err.shape[0] // 8 * 8
-    for j in range(0, m, 8):
-        e0 = np.float64(err[j])
-        e1 = np.float64(err[j + 1])
-        e2 = np.float64(err[j + 2])
-        e3 = np.float64(err[j + 3])
-        e4 = np.float64(err[j + 4])
-        e5 = np.float64(err[j + 5])
-        e6 = np.float64(err[j + 6])
-        e7 = np.float64(err[j + 7])
-        a0 += e0 * e0
-        a1 += e1 * e1
-        a2 += e2 * e2
-        a3 += e3 * e3
-        a4 += e4 * e4
-        a5 += e5 * e5
-        a6 += e6 * e6
-        a7 += e7 * e7
-    for j in range(m, err.shape[0]):
+    """sum(err^2) of a float32 or float64 buffer in float64. Each square of a float32 is exact in float64;
+    the additions may be reassociated (fastmath "reassoc", nothing else), which lets LLVM vectorize the
+    sum with several partial sums. The order is fixed by the compiled code (not by the data or the
+    thread count), so a chunk always gets the same sum on one machine; it differs from a sequential sum
+    by float64 rounding only (~1e-15 relative), far inside SCORE_TIE_BAND."""
+    s = 0.0
+    for j in range(err.shape[0]):
         e = np.float64(err[j])
-        a0 += e * e
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+        s += e * e
+    return s
 
 
 @njit(cache=True)
@@ -96,11 +81,12 @@ def _fake_quant_ieee(x, d, z, top):
     return (q - z) * d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _err_chunk(xs, d, z, top, err):
-    """err[j] = fake_quant(xs[j]) - xs[j] in float32 (xs, err: 1-D, indexed from 0: vectorized)."""
+    """err[j] = fake_quant(xs[j]) - xs[j] in float32 (xs, err: 1-D, indexed from 0; no zero-divisor
+    check, d > 0: vectorized)."""
     for j in range(xs.shape[0]):
-        err[j] = _fake_quant(xs[j], d, z, top) - xs[j]
+        err[j] = _fake_quant_ieee(xs[j], d, z, top) - xs[j]
 
 
 @njit(cache=True)

@@ -34,7 +34,7 @@ from repq_hw.quant.modules import (
     QuantMatMul,
     make_post_softmax_quantizer,
 )
-from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer, check_bits
+from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer, check_bits, scratch_buffers
 from repq_hw.errors import InputError
 from repq_hw.strict_json import read_strict_json
 
@@ -272,7 +272,8 @@ def calibrate(model: nn.Module, images: torch.Tensor, cfg: QuantConfig, progress
         q.on_init = lambda _q: bar.update(1)
         q.name = n
     try:
-        model(images)
+        with scratch_buffers():  # the forward's temporaries in reused buffers (same values)
+            model(images)
         if cfg.reparam:
             reparameterize(model, cfg.zero_point)
             # The reference runs a second forward here, which re-calibrates only the weight quantizers

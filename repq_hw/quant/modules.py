@@ -6,6 +6,12 @@ attention module is replaced by one that spells out ``q @ k^T``, softmax and ``a
 ViT/DeiT scale after the product, Swin scales q before it.
 
 With quantization switched off every module computes what the timm module it replaces computes.
+
+During calibration (``quantizers.scratch_buffers`` active) the temporaries these modules own -- a
+quantizer output that only feeds the next product, the attention scores and probabilities -- are written
+into reused scratch buffers instead of fresh tensors; the operations and their operands' layouts are the
+same (a matmul operand is quantized straight into the contiguous layout ``torch.matmul`` would copy it
+to), so every value is too.
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer
+from repq_hw.quant.quantizers import LogSqrt2Quantizer, UniformQuantizer, scratch, scratch_active
+
+
+def _quantize(quantizer: nn.Module, x: torch.Tensor, slot: str) -> torch.Tensor:
+    """quantizer(x), its output in the named scratch slot while scratch buffers are active."""
+    out = scratch(slot, x.shape, x)
+    return quantizer(x) if out is None else quantizer(x, out=out)
 
 
 class QuantLinear(nn.Module):
@@ -35,8 +47,16 @@ class QuantLinear(nn.Module):
         self.weight_quantizer = UniformQuantizer(weight_bits, channel_wise=True, channel_axis=0,
                                                  method=weight_method)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """out: an optional contiguous [..., out_features] tensor the result may be written into (the
+        same addmm F.linear runs on a contiguous 3-D input); the result is what is returned."""
+        xq = _quantize(self.input_quantizer, x, "linear_in")
+        wq = _quantize(self.weight_quantizer, self.weight, "linear_w")
+        if (out is not None and xq.dim() == 3 and xq.is_contiguous() and out.is_contiguous()
+                and out.shape == (*xq.shape[:2], self.out_features) and out.dtype == xq.dtype):
+            torch.addmm(self.bias, xq.view(-1, self.in_features), wq.t(), out=out.view(-1, self.out_features))
+            return out
+        return F.linear(xq, wq, self.bias)
 
 
 class QuantConv2d(nn.Module):
@@ -70,8 +90,11 @@ class QuantMatMul(nn.Module):
         self.quantizer_A = quantizer_a
         self.quantizer_B = quantizer_b
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.quantizer_A(a) @ self.quantizer_B(b)
+    def forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """out: an optional contiguous tensor for the product (``torch.matmul(..., out=out)``)."""
+        qa = _quantize(self.quantizer_A, a, "matmul_a")
+        qb = _quantize(self.quantizer_B, b, "matmul_b")
+        return qa @ qb if out is None else torch.matmul(qa, qb, out=out)
 
 
 class ExplicitAttention(nn.Module):
@@ -89,12 +112,27 @@ class ExplicitAttention(nn.Module):
         if attn_mask is not None or is_causal:
             raise ValueError("ExplicitAttention: attention masks are not supported (ViT/DeiT use none)")
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = self.matmul1(q, k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
-        x = self.matmul2(attn, v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj(x)
+        H, D = self.num_heads, self.head_dim
+        if not scratch_active() or torch.is_grad_enabled():  # the plain forward (out= has no autograd)
+            qkv = self.qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            attn = self.matmul1(q, k.transpose(-2, -1)) * self.scale
+            attn = attn.softmax(dim=-1)
+            x = self.matmul2(attn, v).transpose(1, 2).reshape(B, N, self.attn_dim)
+            return self.proj(x)
+        # calibration: the same operations, every temporary in a scratch buffer
+        if isinstance(self.qkv, QuantLinear):
+            qkv = self.qkv(x, out=scratch("qkv", (B, N, self.qkv.out_features), x))
+        else:
+            qkv = self.qkv(x)
+        q, k, v = qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.matmul1(q, k.transpose(-2, -1), out=scratch("scores", (B, H, N, N), x))
+        attn.mul_(self.scale)
+        attn = torch.softmax(attn, dim=-1, out=scratch("probs", (B, H, N, N), x))
+        o = self.matmul2(attn, v, out=scratch("attn_out", (B, H, N, D), x))
+        merged = scratch("merged", (B, N, self.attn_dim), x)
+        merged.view(B, N, H, D).copy_(o.transpose(1, 2))
+        return self.proj(merged)
 
 
 class ExplicitWindowAttention(nn.Module):

@@ -42,7 +42,9 @@ uniform one through a bit-identical Numba kernel).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -74,6 +76,59 @@ def _fast_forward_ok(x: torch.Tensor) -> bool:
     """The fake-quant forward may run a Numba kernel: float32 on the CPU, not empty, and no autograd graph
     to keep (the kernels return plain tensors)."""
     return _fusable(x) and x.numel() > 0 and not (x.requires_grad and torch.is_grad_enabled())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scratch buffers for the calibration forward.
+#
+# On this project's machines a fresh tensor is mostly page faults: torch's CPU allocator hands large
+# tensors to malloc, which maps new pages for every one above its mmap threshold (and often for smaller
+# ones too), and every first touch of a 4 KiB page costs more than the arithmetic done on it. While
+# scratch_buffers() is active (calibrate() runs its forward inside it), the temporaries whose lifetime
+# the quantized modules know -- a quantizer's output that only feeds the next matmul or linear, the
+# contiguous copy a search runs on, the attention scores -- live in one reused buffer per named slot.
+# Only the memory is reused: every value is computed by the same operations as without the slots.
+
+
+class _Scratch(threading.local):
+    bufs: dict | None = None
+
+
+_scratch = _Scratch()
+
+
+@contextlib.contextmanager
+def scratch_buffers():
+    """While active (on this thread), :func:`scratch` hands out reused buffers; they are freed on exit.
+    A tensor taken from a slot is valid until the next :func:`scratch` call for the same slot."""
+    prev = _scratch.bufs
+    _scratch.bufs = {}
+    try:
+        yield
+    finally:
+        _scratch.bufs = prev
+
+
+def scratch_active() -> bool:
+    return _scratch.bufs is not None
+
+
+def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor | None:
+    """A contiguous tensor of the given shape (like's dtype and device, uninitialised) in the named slot's
+    reused buffer while :func:`scratch_buffers` is active; None when it is not."""
+    bufs = _scratch.bufs
+    if bufs is None:
+        return None
+    n = math.prod(shape)
+    buf = bufs.get(slot)
+    if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+        buf = bufs[slot] = torch.empty(n, dtype=like.dtype, device=like.device)
+    return buf[:n].view(shape)
+
+
+def _fits(out: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """out may receive the fake-quantized x: same shape and dtype, contiguous."""
+    return out is not None and out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
 
 
 def check_calibration_data(x: torch.Tensor, who: str, shape: tuple | None = None) -> None:
@@ -117,8 +172,9 @@ def _long_row_extremes(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     sample = flat[:: _sample_stride(n)]
     m = sample.shape[0]
     j = min(m, 2 * math.ceil(k * m / n) + 16)
-    t_hi = np.partition(sample, m - j)[m - j]  # the j-th largest sample
-    t_lo = np.partition(sample, j - 1)[j - 1]  # the j-th smallest sample
+    part = np.partition(sample, (j - 1, m - j))  # one selection for both order statistics
+    t_hi = part[m - j]  # the j-th largest sample
+    t_lo = part[j - 1]  # the j-th smallest sample
     hi, lo = fused.beyond_thresholds(flat, t_hi, t_lo)
     if hi.shape[0] < k or lo.shape[0] < k:
         return None
@@ -312,15 +368,31 @@ def _interpolate(tail: torch.Tensor, n: int, probs: tuple[float, ...], upper: bo
                  arith: QuantileArithmetic) -> torch.Tensor:
     """torch.quantile from the sorted extremes of each row (see the comment above :func:`fma_f32`)."""
     t = tail.numpy()
-    out = []
+    ia, ib, ws = [], [], []
     for p in probs:
         lo, hi, w = torch_quantile_rank(n, p, arith.rank)
         if upper:  # ascending position i is tail index n-1-i
-            a, b = t[:, n - 1 - lo], t[:, n - 1 - hi]
+            ia.append(n - 1 - lo)
+            ib.append(n - 1 - hi)
         else:
-            a, b = t[:, lo], t[:, hi]
-        out.append(torch_lerp_f32(a, b, w, arith.fused_madd))
-    return torch.from_numpy(np.stack(out, axis=1).astype(np.float32))
+            ia.append(lo)
+            ib.append(hi)
+        ws.append(w)
+    # all levels in one element-wise evaluation: [C, P] operands, one weight per column
+    out = _lerp_columns(t[:, ia], t[:, ib], np.array(ws, dtype=np.float32), arith.fused_madd)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def _lerp_columns(a: np.ndarray, b: np.ndarray, w: np.ndarray, fused_madd: bool) -> np.ndarray:
+    """torch_lerp_f32 of each column j of a, b [C, P] with its weight w[j]: both branches element-wise,
+    each column keeping the one its weight selects (the same float32 operations)."""
+    d = b - a
+    one = np.float32(1.0)
+    if fused_madd:
+        small, large = fma_f32(w, d, a), fma_f32(w - one, d, b)
+    else:
+        small, large = a + w * d, b - d * (one - w)
+    return np.where(np.abs(w) < 0.5, small, large)
 
 
 _warned_unknown = []
@@ -611,9 +683,14 @@ class UniformQuantizer(nn.Module):
         shape[self.channel_axis] = -1
         return v.reshape(shape)
 
-    def calibrate(self, x: torch.Tensor) -> None:
-        """Set delta and zero_point from calibration data x."""
-        rows = self._rows(x.detach()).contiguous()  # a copy unless x is contiguous and per tensor
+    def calibrate(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Set delta and zero_point from calibration data x; rows: optionally, the caller's contiguous
+        copy of ``self._rows(x)`` (the search runs on it; x stays the reference's view)."""
+        if rows is None:
+            rows = self._rows(x.detach())
+        if not rows.is_contiguous():  # a copy unless x is contiguous and per tensor
+            buf = scratch("rows", rows.shape, rows)
+            rows = rows.contiguous() if buf is None else buf.copy_(rows)
         check_calibration_data(rows, self.name, tuple(x.shape))
         if self.method == "percentile":
             view = _ReferenceView(x, self.channel_wise, self.channel_axis)
@@ -638,22 +715,36 @@ class UniformQuantizer(nn.Module):
         d, z = self._broadcast(self.delta, x), self._broadcast(self.zero_point, x)
         return torch.clamp(torch.round(x / d) + z, 0, 2**self.n_bits - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Fake-quantize x (calibrating on it first if not yet calibrated). out: an optional contiguous
+        tensor of x's shape, not overlapping x, that the result may be written into (a scratch buffer);
+        the result is what is returned, in out or not."""
         if not self.enabled:
             return x
+        if not self.channel_wise and not x.is_contiguous() and _fits(out, x) and _fast_forward_ok(x):
+            # a strided view (q, k^T, v of the attention): copied once into a contiguous scratch buffer,
+            # which the search runs on (it needs that copy anyway) and the contiguous kernel reads
+            src = scratch("rows", x.shape, x)
+            if src is not None:
+                src.copy_(x)
+                if not self.inited:
+                    self.calibrate(x, rows=src.view(1, -1))
+                return self._fused_forward(src, out)
         if not self.inited:
             self.calibrate(x)
         if _fast_forward_ok(x):
-            out = self._fused_forward(x)
-            if out is not None:
-                return out
+            res = self._fused_forward(x, out if _fits(out, x) else None)
+            if res is not None:
+                return res
         d, z = self._broadcast(self.delta, x), self._broadcast(self.zero_point, x)
         return (self.codes(x) - z) * d
 
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The same float32 arithmetic in one Numba pass, bit-identical (see fused.py); the output has
-        the strides torch's element-wise ops would give it. None where no kernel fits the layout."""
-        out = torch.empty_like(x)  # torch's allocator: far fewer page faults than a fresh numpy array
+    def _fused_forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The same float32 arithmetic in one Numba pass, bit-identical (see fused.py), into out or, by
+        default, a tensor with the strides torch's element-wise ops would give it. None where no kernel
+        fits the layout."""
+        if out is None:
+            out = torch.empty_like(x)  # torch's allocator: far fewer page faults than a fresh numpy array
         d, z = self.delta.to(x.dtype), self.zero_point.to(x.dtype)
         levels = 2**self.n_bits - 1
         if x.is_contiguous():
@@ -700,7 +791,9 @@ class LogSqrt2Quantizer(nn.Module):
         if self.on_init is not None:
             self.on_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Fake-quantize x (calibrating on it first if not yet calibrated); out as for
+        :meth:`UniformQuantizer.forward` (it may also be x itself)."""
         if not self.enabled:
             return x
         if not self.inited:
@@ -708,7 +801,8 @@ class LogSqrt2Quantizer(nn.Module):
         d = self.delta.to(x.dtype)
         if _fast_forward_ok(x) and x.is_contiguous():
             # torch's float32 log2 (the definition's), then one Numba pass for the rest: bit-identical
-            log2q = torch.div(x.detach(), d).log2_()
+            log2q = torch.div(x.detach(), d, out=out) if _fits(out, x) else torch.div(x.detach(), d)
+            log2q.log2_()
             fused.log_sqrt2_from_log2(log2q.numpy(), log_sqrt2_table(d, self.n_bits).numpy(),
                                       _log_limit(self.n_bits, self.zero_state), log2q.numpy())
             return log2q
