@@ -50,7 +50,7 @@ from .gemm_pack import u8s8_period
 from .gemm_vnni import _a_i16, _a_u8, _rowsum_u8, _tag, _tile_i16, _tile_u8s8, _tile_vnni
 from .log2_code import _change_points, _code_row
 from .lut import lookup_bytes_row
-from .rounding import _requant_row, requant_run
+from .rounding import requant_run
 from .softmax import softmax_exp_row32, softmax_fast2_consts, softmax_fast_consts, softmax_fast_row
 
 __all__ = ["gemm_requant", "gemm_requant_add", "gemm_requant_lut", "gemm_requant_slices", "merge_heads_requant",
@@ -448,18 +448,24 @@ def _full_width_args(x: np.ndarray, pk, rc) -> tuple | None:
 @njit(cache=True, parallel=True)
 def _merge_heads_requant_rows(y, groups, heads, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, out):
     """y: int32/int64 [B, groups*heads, N, d]; out: [B*groups*N, heads*d] with row (b, g, t) column
-    (hd, j) = requantize(y[b, g*heads + hd, t, j]) under the constants of column hd*d + j."""
+    (hd, j) = requantize(y[b, g*heads + hd, t, j]) under the constants of column hd*d + j.  Rows go in
+    chunks (one gather buffer per chunk, not per row); heads are copied through 0-based row views."""
     nb, _, nt, d = y.shape
     rows = nb * groups * nt
-    for r in prange(rows):
-        b = r // (groups * nt)
-        g = (r - b * groups * nt) // nt
-        t = r - b * groups * nt - g * nt
-        row = np.empty((1, heads * d), np.int64)
-        for hd in range(heads):
-            for j in range(d):
-                row[0, hd * d + j] = y[b, g * heads + hd, t, j]
-        _requant_row(row, 0, mult, sh, h, off, has_off, zp, lo, hi, e1, e2, out[r:r + 1])
+    c = heads * d
+    nch = min(rows, 64)
+    for ch in prange(nch):
+        row = np.empty(c, y.dtype)
+        for r in range(ch * rows // nch, (ch + 1) * rows // nch):
+            b = r // (groups * nt)
+            g = (r - b * groups * nt) // nt
+            t = r - b * groups * nt - g * nt
+            for hd in range(heads):
+                src = y[b, g * heads + hd, t]
+                dst = row[hd * d:]
+                for j in range(d):
+                    dst[j] = src[j]
+            requant_run(row, c, mult, sh, h, off, has_off, e1, e2, lo, hi, zp, out[r])
 
 
 def merge_heads_requant(y: np.ndarray, groups: int, rc, out_dtype) -> np.ndarray | None:
