@@ -235,13 +235,13 @@ def _chain_slices(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rowsum, us
                 g = (r - b * per_image) // tokens
                 base = (b * groups + g) * head_block + (r - b * per_image - g * tokens) * row_stride
                 if heads == 1:
-                    requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si],
-                            hi[si], zp[si], dst[base:])
+                    requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2,
+                                lo[si], hi[si], zp[si], dst[base:])
                     continue
                 # the whole slice row in one run (one call per head of d = 64 measured 1.6x slower), then the
                 # heads copied to their places
-                requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si], hi[si],
-                        zp[si], qrow)
+                requant_run(acc[rr * n + c0:], w, mult[c0:], sh[c0:], h[c0:], off[c0:], has_off, e1, e2, lo[si],
+                            hi[si], zp[si], qrow)
                 for hd in range(heads):
                     o = dst[base + hd * head_stride:]
                     src = qrow[hd * d:]
@@ -282,7 +282,7 @@ def _rows_per_block(pk) -> int:
 
 
 def gemm_requant(x: np.ndarray, pk, rc, out_dtype, consts: tuple | None = None) -> np.ndarray | None:
-    """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a ``vnni``, ``u8s8`` or ``i16`` packing;
+    """``requant_fast(gemm_packed(x, pk), rc)`` without storing the int32 products, for a chain packing (``CHAIN_PATHS``);
     None otherwise or when a precondition fails (the caller runs the two nodes unfused). The one-slice case of
     :func:`gemm_requant_slices`.
 
@@ -301,7 +301,7 @@ def gemm_requant_slices(x: np.ndarray, pk, starts: list[int], width: int, rcs: l
                         heads: tuple[int, int, int] | None = None, consts: tuple | None = None
                         ) -> list[np.ndarray] | None:
     """``[requant_fast(gemm_packed(x, pk)[:, s:s+width], rc) for s, rc in zip(starts, rcs)]`` (e.g. the q, k, v
-    slices of the qkv projection) without storing the int32 products, for a ``vnni``, ``u8s8`` or ``i16`` packing; None otherwise
+    slices of the qkv projection) without storing the int32 products, for a chain packing (``CHAIN_PATHS``); None otherwise
     (also for constants of different rounding modes).
 
     ``heads = (H, G, N)``: each result is also split into heads as ``SPLIT_HEADS`` with H heads and G windows
@@ -407,7 +407,7 @@ def _chain_requant_lut8(tag, a, a16, ev, lda, m, bp, kq, period, npan, cst, rows
 
 def gemm_requant_lut(x: np.ndarray, pk, rc, table: np.ndarray, in_min: int, out_dtype) -> np.ndarray | None:
     """``lookup_fast(requant_fast(gemm_packed(x, pk), rc), table, in_min)`` (e.g. fc1 -> GELU-input requantize
-    -> GELU table) without storing the int32 products or the requantized codes, for a ``vnni``, ``u8s8`` or ``i16`` packing;
+    -> GELU table) without storing the int32 products or the requantized codes, for a chain packing (``CHAIN_PATHS``);
     None otherwise, when the table does not fit ``out_dtype`` or an index falls outside it (the caller then
     runs the nodes unfused, which raises the reference's error)."""
     if rc.c != pk.n:
@@ -508,7 +508,7 @@ def gemm_requant_add(x: np.ndarray, pk, rc, residual: np.ndarray, add_min: int, 
                      ) -> np.ndarray | None:
     """``sat_add(residual, requant_fast(gemm_packed(x, pk), rc), add_min, add_max)`` (e.g. the attention or MLP
     output projection added to the residual stream) without storing the int32 products or the requantized
-    codes, for a ``vnni``, ``u8s8`` or ``i16`` packing; None where a precondition fails (the caller runs the nodes unfused).
+    codes, for a chain packing (``CHAIN_PATHS``); None where a precondition fails (the caller runs the nodes unfused).
 
     Args:
         x: uint8 activations ``[M, K]``; residual: integer ``[M, N]`` (N = the GEMM's outputs).

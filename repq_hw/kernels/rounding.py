@@ -754,7 +754,7 @@ class RequantConsts:
         self.sm = (sh > 0).astype(np.int64)
         self.h = np.where(self.mode == 3, 0, np.where(sh > 0, self.half, 0)).astype(np.int64)
         self.e1, self.e2 = int(self.mode == 1), int(self.mode == 2)
-        # compact copies for the fused GEMM epilogues (kernels/fused.py): |M| < 2^31 and s <= 62 fit int32
+        # the compact constants of requant_run (every fast requantize): |M| < 2^31 and s <= 62 fit int32
         self.mult32, self.sh32 = mult.astype(np.int32), sh.astype(np.int32)
         self.has_off = bool(c and np.any(off != 0))
         return self
