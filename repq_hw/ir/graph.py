@@ -206,22 +206,31 @@ class Node:
         return Node(name, op, lists["inputs"], lists["outputs"], dict(attrs), dict(consts))
 
 
-def _freeze(name: str, v) -> np.ndarray:
+def is_sealed(a) -> bool:
+    """True for an array :func:`seal` made: read-only over a ``bytes`` object it alone owns, so no handle can
+    write it (``setflags(write=True)`` raises on it and on every view of it)."""
+    return type(a) is np.ndarray and type(a.base) is bytes and not a.flags.writeable
+
+
+def seal(name: str, v) -> np.ndarray:
+    """An immutable C-ordered copy of integer array ``v`` (``v`` itself is left as it is); an array that is
+    already sealed is returned as is (it cannot change)."""
+    if is_sealed(v):
+        return v
     a = v if isinstance(v, np.ndarray) else np.asarray(v)
     if a.dtype.kind not in "iu":
         raise InputError(f"constant {name!r}: expected an integer array, got dtype {a.dtype}")
-    if a.flags.writeable:
-        a.setflags(write=False)
-    return a
+    return np.ndarray(a.shape, a.dtype, buffer=np.ascontiguousarray(a).tobytes())
 
 
 class ConstantStore(dict):
-    """The constants of a graph: name -> integer array, every array made read-only when it is stored.
+    """The constants of a graph: name -> integer array, every array stored as an immutable copy (:func:`seal`).
 
-    The array object itself is frozen (not copied), so an in-place edit through any handle on it raises;
-    replace a constant by assigning a new array.  The fast backend's plan additionally checks the content
-    of every constant (``emu/fast.py``), so an edit that slips past (a view taken before storing, a
-    ``setflags(write=True)``) is still seen.
+    Storing copies the array into a ``bytes`` buffer that only the store's array refers to: an in-place edit
+    raises, ``setflags(write=True)`` raises, and a view or handle of the original array taken before storing
+    does not alias the stored copy.  Replace a constant by assigning a new array.  The fast backend's plan
+    keys sealed constants by identity (``emu/fast.py``); an array that reached the dict some other way (e.g.
+    ``dict.__setitem__``) is keyed by a digest of its content instead.
     """
 
     def __init__(self, items=()):
@@ -229,7 +238,7 @@ class ConstantStore(dict):
         self.update(items)
 
     def __setitem__(self, key, value):
-        super().__setitem__(key, _freeze(key, value))
+        super().__setitem__(key, seal(key, value))
 
     def update(self, *args, **kw):
         for k, v in dict(*args, **kw).items():
@@ -248,7 +257,7 @@ class ConstantStore(dict):
 class Graph:
     """An integer graph: nodes in execution order, tensors, integer constants, metadata.
 
-    ``constants`` is always a :class:`ConstantStore` (read-only arrays), whatever mapping is assigned."""
+    ``constants`` is always a :class:`ConstantStore` (immutable copies), whatever mapping is assigned."""
 
     nodes: list[Node]
     tensors: dict[str, TensorInfo]

@@ -245,6 +245,9 @@ def test_constants_are_read_only_after_load_and_creation():
         g2.constants["mm.bias"][0] = 1
     g2.constants["mm.bias"] = np.ones(2, np.uint8)  # replacing is the way to change a constant
     assert not g2.constants["mm.bias"].flags.writeable
+    b = np.ones(2, np.uint8)
+    g2.constants["mm.bias"] = b
+    assert b.flags.writeable and g2.constants["mm.bias"] is not b  # stored as an immutable copy
 
 
 def _assert_ref_equals_fast(g, x):
@@ -254,34 +257,53 @@ def _assert_ref_equals_fast(g, x):
     return a
 
 
-def test_in_place_edit_that_slips_past_read_only_rebuilds_plan():
+def test_constants_cannot_be_made_writable_again():
     g = load_graph(GOLDEN_IR)
     x = golden_input(g, 2)
     before = _assert_ref_equals_fast(g, x)
     p1 = fast.prepare(g)
     node = next(n for n in g.nodes if n.op == Op.GEMM)
     bias = g.constants[node.consts["bias"]]
-    bias.setflags(write=True)  # deliberate: the content check still sees the edit
-    bias += 100
-    bias.setflags(write=False)
-    assert fast.prepare(g) is not p1
+    for arr in (bias, bias.view(), bias.reshape(-1)[::1]):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            arr.setflags(write=True)
+    with pytest.raises(ValueError, match="read-only"):
+        bias += 100
+    assert fast.prepare(g) is p1  # nothing changed: the plan is kept
     after = _assert_ref_equals_fast(g, x)
-    assert not np.array_equal(after[node.outputs[0]], before[node.outputs[0]])
+    assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
-def test_edit_through_an_earlier_view_rebuilds_plan():
+def test_a_view_taken_before_storing_does_not_alias_the_graph():
     g = gemm_graph()
     x = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
     w = np.arange(8, dtype=np.uint8).reshape(2, 4)
     wview = w.view()  # a writable view taken before the array went into the graph
     g.constants["mm.weight"] = w
-    assert not w.flags.writeable and wview.flags.writeable
+    assert w.flags.writeable and wview.flags.writeable  # the caller's arrays are left as they are
+    assert not g.constants["mm.weight"].flags.writeable
     before = _assert_ref_equals_fast(g, x)["mm.out"]
     p1 = fast.prepare(g)
-    wview[0, 0] = 15  # the graph's array changes underneath the read-only flag
+    wview[0, 0] = 15  # the caller's array changes; the graph holds its own copy
+    w[1, 1] = 0
+    assert g.constants["mm.weight"][0, 0] == 0 and g.constants["mm.weight"][1, 1] == 5
+    assert fast.prepare(g) is p1
+    assert np.array_equal(_assert_ref_equals_fast(g, x)["mm.out"], before)
+
+
+def test_an_unsealed_constant_is_keyed_by_its_content():
+    """An array that bypasses the store (dict.__setitem__) is writable; the plan then digests its content,
+    so an in-place edit of it still rebuilds the plan."""
+    g = gemm_graph()
+    x = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    w = np.arange(8, dtype=np.uint8).reshape(2, 4)
+    dict.__setitem__(g.constants, "mm.weight", w)
+    before = _assert_ref_equals_fast(g, x)["mm.out"]
+    p1 = fast.prepare(g)
+    assert fast.prepare(g) is p1
+    w[0, 0] = 15
     assert fast.prepare(g) is not p1
-    after = _assert_ref_equals_fast(g, x)["mm.out"]
-    assert not np.array_equal(before, after)
+    assert not np.array_equal(_assert_ref_equals_fast(g, x)["mm.out"], before)
 
 
 def test_replaced_constant_and_edited_attribute_rebuild_plan():
@@ -297,7 +319,36 @@ def test_replaced_constant_and_edited_attribute_rebuild_plan():
     _assert_ref_equals_fast(g, x)
     rq = next(n for n in g.nodes if n.op == Op.REQUANT)
     rq.attrs["zero_point"] = int(rq.attrs["zero_point"]) + 1  # attributes are in the key too
-    assert fast.prepare(g) is not p2
+    p3 = fast.prepare(g)
+    assert p3 is not p2
+    assert fast.prepare(g) is p3  # and an unchanged graph keeps its plan
+    for same_value in (float(rq.attrs["zero_point"]), np.int64(rq.attrs["zero_point"])):  # a new type: new key
+        old = rq.attrs["zero_point"]
+        rq.attrs["zero_point"] = same_value
+        p4 = fast.prepare(g)
+        assert p4 is not p3
+        rq.attrs["zero_point"] = old
+        p3 = fast.prepare(g)
+        assert p3 is not p4
+
+
+def test_structure_key_tells_value_types_apart():
+    """1, True, 1.0, numpy's 1 (signed and unsigned), [1] and (1,) are different attribute values to the plan
+    key (the validator may treat them differently); the same value again gives the same key; an attribute
+    pickle refuses falls back to the JSON digest."""
+    g = gemm_graph()
+    x = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    node = g.nodes[0]
+    keys = []
+    for v in (1, True, 1.0, np.int64(1), np.uint64(1), [1], (1,)):
+        node.attrs["probe"] = v
+        keys.append(fast._structure_key(g))
+    assert len(set(keys)) == len(keys)
+    node.attrs["probe"] = 1
+    assert fast._structure_key(g) == keys[0]
+    node.attrs["probe"] = lambda: 1  # not picklable
+    assert fast._structure_key(g)[:1] == b"j"
+    del node.attrs["probe"]
     _assert_ref_equals_fast(g, x)
     assert fast.prepare(g) is fast.prepare(g)  # and an unchanged graph keeps its plan
 
