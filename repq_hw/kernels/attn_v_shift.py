@@ -26,7 +26,22 @@ from numba import njit, prange
 from . import simd
 from .gemm_vnni import _tile_i16, _tile_vnni
 from .rounding import _rshift_add, mode_id, rounding_rshift, rounding_rshift_bf, rounding_rshift_ref
-from .simd import add32, hsum32, keep_first_u8, load16, max_u8, permb, sad_u8, store16, zero16, zero_where_u8
+from .simd import (
+    add32,
+    hsum32,
+    keep_first_u8,
+    load16,
+    max_u8,
+    min_u8,
+    permb,
+    permb2,
+    sad_u8,
+    splat16,
+    store16,
+    xor32,
+    zero16,
+    zero_where_u8,
+)
 
 __all__ = ["AV_PATHS", "attn_v_path", "attn_v_shift", "attn_v_shift_fast", "attn_v_shift_ref", "sqrt2_multiplier"]
 
@@ -273,6 +288,73 @@ def _pack_v_s8(v, i, kqn, npan, bp):
             bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
 
 
+def _pack_v_indices() -> np.ndarray:
+    """uint8 [6, 64] byte indices of :func:`_pack_v_s8_perm` (flattened) (``vpermi2b``: index < 64 picks from the first
+    table, 64 + i from the second).  Rows 0, 1: pairs of rows 0/1 (or 2/3) of 64 codes, interleaved bytewise
+    for panel 0 / panel 1 (A[2j + u] = R_u[32p + j]); rows 2, 3: two such pairs interleaved by 16-bit words
+    into the panel layout (out[4j + t], j in 0..15 / 16..31); rows 4, 5: the same layout for D = 32 straight
+    from rows 0-1 and 2-3 (64 bytes each)."""
+    ix = np.zeros((6, 64), np.uint8)
+    for p in range(2):
+        for j in range(32):
+            ix[p, 2 * j], ix[p, 2 * j + 1] = 32 * p + j, 64 + 32 * p + j
+    for h in range(2):
+        for jj in range(16):
+            j = 16 * h + jj
+            for t in range(4):
+                ix[2 + h, 4 * jj + t] = 2 * j + t if t < 2 else 64 + 2 * j + t - 2
+                ix[4 + h, 4 * jj + t] = 32 * t + j if t < 2 else 64 + 32 * (t - 2) + j
+    return ix
+
+
+_PACK_V_IX = _pack_v_indices().reshape(-1)  # 1-D for the vector loads
+
+
+@njit(cache=True)
+def _pack_v_s8_perm(ptag, v, i, kqn, bp, ix):
+    """:func:`_pack_v_s8` for D = 32 or 64 by byte permutes (``vpermi2b``; ``ptag`` GENERIC: its lane-by-lane
+    twin): four rows of codes at a time into the panel layout, ``v - 128`` as ``v ^ 0x80``; the rows past the
+    last multiple of 4 and the zero padding as :func:`_pack_v_s8` does them."""
+    n, d = v.shape[1], v.shape[2]
+    vf = v.reshape(-1)
+    flip = splat16(-2139062144)  # 0x80808080: v ^ 0x80 = v - 128 as int8
+    if n % 4:
+        bp[:] = 0
+    i0 = load16(ix, 0)
+    i1 = load16(ix, 64)
+    i2 = load16(ix, 128)
+    i3 = load16(ix, 192)
+    i4 = load16(ix, 256)
+    i5 = load16(ix, 320)
+    bq = bp.view(np.uint8)
+    for k4 in range(n // 4):
+        r = (i * n + 4 * k4) * d
+        o = k4 * 128
+        if d == 64:
+            r0 = load16(vf, r)
+            r1 = load16(vf, r + 64)
+            r2 = load16(vf, r + 128)
+            r3 = load16(vf, r + 192)
+            a0 = permb2(ptag, r0, r1, i0)
+            b0 = permb2(ptag, r2, r3, i0)
+            store16(bq, o, xor32(permb2(ptag, a0, b0, i2), flip))
+            store16(bq, o + 64, xor32(permb2(ptag, a0, b0, i3), flip))
+            a1 = permb2(ptag, r0, r1, i1)
+            b1 = permb2(ptag, r2, r3, i1)
+            o1 = (kqn + k4) * 128
+            store16(bq, o1, xor32(permb2(ptag, a1, b1, i2), flip))
+            store16(bq, o1 + 64, xor32(permb2(ptag, a1, b1, i3), flip))
+        else:
+            r01 = load16(vf, r)
+            r23 = load16(vf, r + 64)
+            store16(bq, o, xor32(permb2(ptag, r01, r23, i4), flip))
+            store16(bq, o + 64, xor32(permb2(ptag, r01, r23, i5), flip))
+    for k in range(n - n % 4, n):
+        base = (k >> 2) * 128 + (k & 3)
+        for t in range(d):
+            bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
+
+
 @njit(cache=True)
 def _pack_v_i16(v, i, k2n, npan, bp):
     """v[i] [N, D] -> int16 panels (panel of 16 columns, n/2, 16 lanes, 2) of v - 128 (zero padded)."""
@@ -313,8 +395,9 @@ def _combine(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mo
 def _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0, e_acc,
                   o_acc):
     """:func:`_combine` in one pass per row for the block layouts of lowered models (evens first: one even
-    and one odd block, or two of each); any other layout goes to :func:`_combine`.  Blocks not live must
-    have zero rows in g."""
+    and one odd block, or two of each -- in one pass over the two live ones where at most one per parity is
+    live); any other layout goes to :func:`_combine`.  Blocks not live must have zero rows in g and zero row
+    sums."""
     ne = 0
     for b in range(nblk):
         ne += bpar[b] == 0
@@ -322,6 +405,12 @@ def _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_
     if not ((ne == 1 and no == 1) or (ne == 2 and no == 2)):
         _combine(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_q, mode, out, i, m0, e_acc, o_acc)
         return
+    be = 0  # the even and the odd block of the one-block form: with two blocks per parity, the live one
+    bo = ne  # where at most one of each parity is live (a block that is not live adds 0: its g rows are 0)
+    if ne == 2 and blive[0] + blive[1] <= 1 and blive[2] + blive[3] <= 1:
+        be = 1 if blive[1] else 0
+        bo = 3 if blive[3] else 2
+        ne = 1
     # rounding_rshift(x, Q) as rounding._rshift_add (one add, one shift, masks): valid for |x| < 2^62 + 2^61,
     # and here |acc_odd * R| < N * V * 2^(F-1) * 2^(Q+1) * (R / 2^(Q+1)) < 2^63 * 0.71 (the headroom guard)
     h = 0 if mode == 3 else half_q
@@ -331,12 +420,12 @@ def _combine_fast(g, d, rg, rows, nblk, bpar, bshl, blive, rs, corr, r, q, half_
     for rr in range(rows):
         orow = out[i, m0 + rr]  # 0-based views of the row and of its plane products: the loops vectorize
         if ne == 1:             # (runtime offsets in the index measured 2x slower)
-            ge = g[rr * d:]
-            go = g[(rg + rr) * d:]
-            ce = corr * np.int64(rs[rr])
-            co = corr * np.int64(rs[rg + rr])
-            se = bshl[0]
-            so = bshl[1]
+            ge = g[(be * rg + rr) * d:]
+            go = g[(bo * rg + rr) * d:]
+            ce = corr * np.int64(rs[be * rg + rr])
+            co = corr * np.int64(rs[bo * rg + rr])
+            se = bshl[be]
+            so = bshl[bo]
             for t in range(d):
                 ev = (np.int64(ge[t]) + ce) << se
                 od = (np.int64(go[t]) + co) << so
@@ -393,15 +482,68 @@ def _vnni_tables(f: int, z: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarra
     return _plane_tables(min(2 * f, z - 1, 62 if z >= 64 else 63), f, 8, 64, np.uint8)
 
 
+@njit(cache=True, inline="always")
+def _code_chunk(cf, base, k0, n, total, z, tail):
+    """Codes cf[base + k0 : base + k0 + 64] of a row of n codes; bytes past the row read as Z (a copy through
+    ``tail`` for the array's last row: no read past its end)."""
+    if k0 + 64 <= n:
+        return load16(cf, base + k0)
+    if base + k0 + 64 <= total:
+        return keep_first_u8(load16(cf, base + k0), n - k0, z)
+    for t in range(64):
+        tail[t] = cf[base + k0 + t] if k0 + t < n else z
+    return load16(tail, 0)
+
+
 @njit(cache=True)
-def _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, st):
+def _live_blocks(cf, coff, n, nv, z, nblk, blo, bhi, rows, tail, rng, lv):
+    """lv[b] = 1 where block b may hold a weight in these rows: the live codes of the rows (Z excluded) span
+    [cmin, cmax] and the block's codes [blo[b], bhi[b]] overlap it; else 0 (then every weight of the block in
+    these rows is 0)."""
+    total = cf.shape[0]
+    mn = splat16(-1)
+    mx = zero16()
+    for r in range(rows):
+        base = coff + r * n
+        for q4 in range(nv):
+            cv = _code_chunk(cf, base, 64 * q4, n, total, z, tail)
+            mn = min_u8(mn, cv)  # Z >= every code: it never lowers the minimum
+            mx = max_u8(mx, zero_where_u8(cv, z))
+    store16(rng, 0, mn)
+    store16(rng, 64, mx)
+    cmin = np.int64(255)
+    cmax = np.int64(0)
+    for t in range(64):
+        cmin = min(cmin, np.int64(rng[t]))
+        cmax = max(cmax, np.int64(rng[64 + t]))
+    for b in range(nblk):
+        lv[b] = np.int64(blo[b] <= cmax and bhi[b] >= cmin)
+
+
+def _block_code_ranges(tbls: np.ndarray, nblk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) code with a non-zero entry in each block's 64-entry table (255, 0 for an empty one)."""
+    lo, hi = np.full(max(nblk, 1), 255, np.int64), np.zeros(max(nblk, 1), np.int64)
+    for b in range(nblk):
+        nz = np.flatnonzero(tbls[64 * b:64 * (b + 1)])
+        if nz.size:
+            lo[b], hi[b] = nz[0], nz[-1]
+    return lo, hi
+
+
+@njit(cache=True)
+def _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, st, lv):
     """Rows [0, rows) of a row group (codes at cf[coff + r*n + k]) as nblk u8 planes of rg rows
     (a[(b*rg + r)*lda + k] = tbls[64*b + (c & 63)], vpermb; columns N .. lda-1 read as Z, i.e. 0), their
     row sums rs (vpsadbw), and the byte-wise maxima of the codes (st[0:64]) and of the live codes (st[64:128])
-    seen so far (for the validity check)."""
+    seen so far (for the validity check).  A block with lv[b] = 0 (:func:`_live_blocks`) is not built: its
+    row sums are 0 and its rows of ``a`` are left as they were (never read: its products are skipped)."""
     mxa = zero16()
     mxl = zero16()
     total = cf.shape[0]
+    lv0 = lv[0] != 0
+    lv1 = nblk > 1 and lv[1] != 0
+    lv2 = nblk > 2 and lv[2] != 0
+    lv3 = nblk > 3 and lv[3] != 0
     for r in range(rg):
         if r >= rows:
             for b in range(nblk):
@@ -416,36 +558,31 @@ def _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, r
         s3 = zero16()
         for q4 in range(nv):
             k0 = 64 * q4
-            if k0 + 64 <= n:
-                cv = load16(cf, base + k0)
-            elif base + k0 + 64 <= total:  # the row's tail: the bytes past N read as Z
-                cv = keep_first_u8(load16(cf, base + k0), n - k0, z)
-            else:  # the array's last row: no read past its end
-                for t in range(64):
-                    tail[t] = cf[base + k0 + t] if k0 + t < n else z
-                cv = load16(tail, 0)
+            cv = _code_chunk(cf, base, k0, n, total, z, tail)
             mxa = max_u8(mxa, cv)
             mxl = max_u8(mxl, zero_where_u8(cv, z))
             o = r * lda + k0
-            wv = permb(ptag, load16(tbls, 0), cv)
-            store16(a, o, wv)
-            s0 = add32(s0, sad_u8(ptag, wv))
-            if nblk > 1:
+            if lv0:
+                wv = permb(ptag, load16(tbls, 0), cv)
+                store16(a, o, wv)
+                s0 = add32(s0, sad_u8(ptag, wv))
+            if lv1:
                 wv = permb(ptag, load16(tbls, 64), cv)
                 store16(a, o + rg * lda, wv)
                 s1 = add32(s1, sad_u8(ptag, wv))
-            if nblk > 2:
+            if lv2:
                 wv = permb(ptag, load16(tbls, 128), cv)
                 store16(a, o + 2 * rg * lda, wv)
                 s2 = add32(s2, sad_u8(ptag, wv))
-            if nblk > 3:
+            if lv3:
                 wv = permb(ptag, load16(tbls, 192), cv)
                 store16(a, o + 3 * rg * lda, wv)
                 s3 = add32(s3, sad_u8(ptag, wv))
             for b in range(4, nblk):
-                wv = permb(ptag, load16(tbls, 64 * b), cv)
-                store16(a, o + b * rg * lda, wv)
-                rs[b * rg + r] += hsum32(sad_u8(ptag, wv))
+                if lv[b] != 0:
+                    wv = permb(ptag, load16(tbls, 64 * b), cv)
+                    store16(a, o + b * rg * lda, wv)
+                    rs[b * rg + r] += hsum32(sad_u8(ptag, wv))
         rs[r] = hsum32(s0)
         if nblk > 1:
             rs[rg + r] = hsum32(s1)
@@ -458,7 +595,7 @@ def _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, r
 
 
 @njit(cache=True, parallel=True)
-def _av_vnni(tag, ptag, c, v, z, nblk, bpar, bshl, tbls, zp, r, q, half_q, mode, out, st):
+def _av_vnni(tag, ptag, c, v, z, nblk, bpar, bshl, blo, bhi, tbls, zp, r, q, half_q, mode, out, st, pix):
     nb, m, n = c.shape
     d = v.shape[2]
     kqn = (n + 3) // 4
@@ -481,12 +618,20 @@ def _av_vnni(tag, ptag, c, v, z, nblk, bpar, bshl, tbls, zp, r, q, half_q, mode,
         tail = np.empty(64, np.uint8)
         e_acc = np.empty(d, np.int64)
         o_acc = np.empty(d, np.int64)
+        rng = np.empty(128, np.uint8)
+        lv = np.ones(_MAX_BLOCKS, np.int64)
         for i in range(ch * nb // nch, (ch + 1) * nb // nch):
-            _pack_v_s8(v, i, kqn, npan, bp)
+            if d == 32 or d == 64:
+                _pack_v_s8_perm(ptag, v, i, kqn, bp, pix)
+            else:
+                _pack_v_s8(v, i, kqn, npan, bp)
             sti = st[i]
             for m0 in range(0, m, rg):
                 rows = min(rg, m - m0)
-                _build_planes_vnni(ptag, cf, (i * m + m0) * n, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, sti)
+                coff = (i * m + m0) * n
+                if nblk > 2:  # (one block per parity: each is as good as always live)
+                    _live_blocks(cf, coff, n, nv, z, nblk, blo, bhi, rows, tail, rng, lv)
+                _build_planes_vnni(ptag, cf, coff, n, nv, z, nblk, tbls, a, lda, rg, rows, rs, tail, sti, lv)
                 for b in range(nblk):
                     tot = np.int64(0)
                     for rr in range(rg):
@@ -648,9 +793,11 @@ def attn_v_shift_fast(
     ca, va = np.ascontiguousarray(ca), np.ascontiguousarray(va)
     if p == "vnni":
         cm, bpar, bshl, tbls = _vnni_tables(f, z)
+        blo, bhi = _block_code_ranges(tbls, len(bpar))
         st = np.zeros((nb, 128), dtype=np.uint8)
         ptag = simd.NATIVE if simd.has_vbmi() and impl != "generic" else simd.GENERIC
-        _av_vnni(simd.GENERIC if impl == "generic" else _tag(p), ptag, ca, va, z, len(bpar), bpar, bshl, tbls, zp, r, q, half_q, mid, out, st)
+        _av_vnni(simd.GENERIC if impl == "generic" else _tag(p), ptag, ca, va, z, len(bpar), bpar, bshl, blo, bhi, tbls,
+                 zp, r, q, half_q, mid, out, st, _PACK_V_IX)
         if int(st[:, :64].max()) > z or int(st[:, 64:].max()) > cm:
             y = attn_v_shift(*plain)  # a code above Z, one that would be truncated, or one above the tables
             return y.astype(out_dtype)  # (int32: bound proved above)

@@ -294,6 +294,17 @@ def add32(typingctx, a, b):
 
 
 @intrinsic
+def xor32(typingctx, a, b):
+    """Lane-wise bitwise exclusive or."""
+    _vec_of(a)
+
+    def codegen(context, builder, sig, args):
+        return builder.xor(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
 def add16(typingctx, a, b):
     """Lane-wise 16-bit wrapping add (the vector seen as twice as many int16 lanes)."""
     _vec_of(a)
@@ -567,18 +578,27 @@ def keep_first_u8(typingctx, v, count, fill):
     return v(v, count, fill), codegen
 
 
-@intrinsic
-def max_u8(typingctx, a, b):
-    """Byte-wise unsigned maximum (``vpmaxub``; plain LLVM IR, any CPU)."""
-    _vec_of(a)
+def _make_pick_u8(cmp: str, doc: str):
+    """A byte-wise select intrinsic ``f(a, b)``: byte i = a8[i] if a8[i] ``cmp`` b8[i] (unsigned) else b8[i]."""
 
-    def codegen(context, builder, sig, args):
-        n = sig.args[0].lanes * 4
-        x = builder.bitcast(args[0], _vt(n, 8))
-        y = builder.bitcast(args[1], _vt(n, 8))
-        return builder.bitcast(builder.select(builder.icmp_unsigned(">", x, y), x, y), _vt(n // 4))
+    @intrinsic
+    def pick(typingctx, a, b):
+        _vec_of(a)
 
-    return a(a, b), codegen
+        def codegen(context, builder, sig, args):
+            n = sig.args[0].lanes * 4
+            x = builder.bitcast(args[0], _vt(n, 8))
+            y = builder.bitcast(args[1], _vt(n, 8))
+            return builder.bitcast(builder.select(builder.icmp_unsigned(cmp, x, y), x, y), _vt(n // 4))
+
+        return a(a, b), codegen
+
+    pick.__doc__ = doc
+    return pick
+
+
+max_u8 = _make_pick_u8(">", "Byte-wise unsigned maximum (``vpmaxub``; plain LLVM IR, any CPU).")
+min_u8 = _make_pick_u8("<", "Byte-wise unsigned minimum (``vpminub``; plain LLVM IR, any CPU).")
 
 
 @intrinsic

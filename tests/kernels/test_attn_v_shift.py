@@ -195,6 +195,49 @@ def test_attn_v_fast_lowering_shapes(path, impl, bits, f, ncodes):
 
 
 @pytest.mark.parametrize(("path", "impl"), FAST_VARIANTS)
+@pytest.mark.parametrize("d", [32, 64])
+def test_attn_v_fast_head_dims_and_skipped_planes(path, impl, d):
+    """The head widths of DeiT/ViT (64) and Swin (32), which the vnni path packs by byte permutes, with N
+    tails of every residue mod 4; W8A8-like codes (F = 12: two planes per parity) whose 8-row groups use
+    only the high planes, only the low planes, both, or only the zero state (planes of a group are built
+    only where its code range reaches them)."""
+    rng = np.random.default_rng(d)
+    z = 255
+    for n in (197, 50, 49, 8, 7):
+        c = rng.integers(0, 24, (2, 40, n)).astype(np.uint8)
+        c[0, 0:8] = rng.integers(0, 5, (8, n))  # high planes only (weights 2^12 .. 2^10)
+        c[0, 8:16] = rng.integers(16, 24, (8, n))  # low planes only
+        c[0, 16:24] = z  # zero state only
+        c[0, 24:32, ::3] = z
+        c[1, 32:40] = np.where(rng.random((8, n)) < 0.9, z, 23)  # mostly the zero state, the smallest weight
+        v = rng.integers(0, 256, (2, n, d)).astype(np.uint8)
+        for mode in ROUNDING_MODES:
+            for vz in (128, 7):
+                r = attn_v_shift_ref(c, v, vz, 8, 12, 15, mode)
+                got = attn_v_shift_fast(c, v, vz, 8, 12, 15, mode, path=path, impl=impl, out_dtype=np.int32)
+                assert np.array_equal(got, r), (n, mode, vz)
+        c4 = np.minimum(c, 15)  # W4A4-like: one plane per parity
+        r = attn_v_shift_ref(c4, v, 7, 4, 8, 15, "half_even")
+        assert np.array_equal(attn_v_shift_fast(c4, v, 7, 4, 8, 15, "half_even", path=path, impl=impl), r)
+
+
+@pytest.mark.parametrize("impl", [simd.GENERIC] + ([simd.NATIVE] if simd.has_vbmi() else []))
+def test_v_pack_by_permutes_equals_the_plain_pack(impl):
+    from repq_hw.kernels.attn_v_shift import _PACK_V_IX, _pack_v_s8, _pack_v_s8_perm
+
+    rng = np.random.default_rng(3)
+    for d in (32, 64):
+        for n in (197, 49, 12, 5, 1):
+            v = rng.integers(0, 256, (3, n, d)).astype(np.uint8)
+            kqn, npan = (n + 3) // 4, d // 32
+            want = np.empty(npan * kqn * 128, np.int8)
+            _pack_v_s8(v, 2, kqn, npan, want)
+            got = np.full(npan * kqn * 128, 99, np.int8)  # every byte must be written
+            _pack_v_s8_perm(impl, v, 2, kqn, got, _PACK_V_IX)
+            assert np.array_equal(got, want), (d, n)
+
+
+@pytest.mark.parametrize(("path", "impl"), FAST_VARIANTS)
 def test_attn_v_fast_errors_are_the_references(path, impl):
     ok_v = np.zeros((1, 3, 2), np.uint8)
     cases = [
@@ -257,29 +300,34 @@ def test_byte_primitives_match_their_definition(impl):
         keep_first_u8,
         load16,
         max_u8,
+        min_u8,
         permb,
         sad_u8,
         store16,
+        xor32,
         zero_where_u8,
     )
 
     @njit
-    def run(tag, t, x, y, cnt, fill, zb, o1, o2, o3, o4, o5):
+    def run(tag, t, x, y, cnt, fill, zb, o1, o2, o3, o4, o5, o6, o7):
         store16(o1, 0, permb(tag, load16(t, 0), load16(x, 0)))
         s = sad_u8(tag, load16(x, 0))
         store16(o2, 0, s)
         store16(o3, 0, max_u8(load16(x, 0), load16(y, 0)))
         store16(o4, 0, keep_first_u8(load16(x, 0), cnt, fill))
         store16(o5, 0, zero_where_u8(load16(x, 0), zb))
+        store16(o6, 0, min_u8(load16(x, 0), load16(y, 0)))
+        store16(o7, 0, xor32(load16(x, 0), load16(y, 0)))
         return hsum32(s)
 
     rng = np.random.default_rng(9)
     for cnt in (0, 1, 5, 63, 64):
         t, x, y = (rng.integers(0, 256, 64, dtype=np.uint8) for _ in range(3))
         x[:3] = 200
-        o1, o3, o4, o5 = (np.zeros(64, np.uint8) for _ in range(4))
+        o1, o3, o4, o5, o6, o7 = (np.zeros(64, np.uint8) for _ in range(6))
         o2 = np.zeros(16, np.int32)
-        tot = run(impl, t, x, y, cnt, 77, 200, o1, o2, o3, o4, o5)
+        tot = run(impl, t, x, y, cnt, 77, 200, o1, o2, o3, o4, o5, o6, o7)
+        assert np.array_equal(o6, np.minimum(x, y)) and np.array_equal(o7, x ^ y)
         assert np.array_equal(o1, t[x & 63])
         assert np.array_equal(o2.view(np.int64), x.astype(np.int64).reshape(8, 8).sum(1))
         assert tot == int(x.astype(np.int64).sum())
