@@ -215,11 +215,11 @@ def is_sealed(a) -> bool:
 def seal(name: str, v) -> np.ndarray:
     """An immutable C-ordered copy of integer array ``v`` (``v`` itself is left as it is); an array that is
     already sealed is returned as is (it cannot change)."""
-    if is_sealed(v):
-        return v
     a = v if isinstance(v, np.ndarray) else np.asarray(v)
     if a.dtype.kind not in "iu":
         raise InputError(f"constant {name!r}: expected an integer array, got dtype {a.dtype}")
+    if is_sealed(a):
+        return a
     return np.ndarray(a.shape, a.dtype, buffer=np.ascontiguousarray(a).tobytes())
 
 

@@ -248,6 +248,11 @@ def test_constants_are_read_only_after_load_and_creation():
     b = np.ones(2, np.uint8)
     g2.constants["mm.bias"] = b
     assert b.flags.writeable and g2.constants["mm.bias"] is not b  # stored as an immutable copy
+    sealed = g2.constants["mm.bias"]
+    g2.constants["mm.bias"] = sealed  # already immutable: kept as it is
+    assert g2.constants["mm.bias"] is sealed
+    with pytest.raises(InputError, match="mm.bias.*integer array"):  # an immutable float array is still refused
+        g2.constants["mm.bias"] = np.frombuffer(np.ones(2).tobytes(), np.float64)
 
 
 def _assert_ref_equals_fast(g, x):
