@@ -263,6 +263,16 @@ def attn_v_path(path: str | None = None) -> str:
     return p
 
 
+@njit(cache=True, inline="always")
+def _pack_v_s8_tail(v, i, kqn, bp):
+    """The rows of v[i] past the last multiple of 4 into the panel layout of :func:`_pack_v_s8`."""
+    n, d = v.shape[1], v.shape[2]
+    for k in range(n - n % 4, n):
+        base = (k >> 2) * 128 + (k & 3)
+        for t in range(d):
+            bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
+
+
 @njit(cache=True)
 def _pack_v_s8(v, i, kqn, npan, bp):
     """v[i] [N, D] -> int8 panels (panel of 32 columns, n/4, 32 lanes, 4) of v - 128 (zero padded)."""
@@ -282,18 +292,15 @@ def _pack_v_s8(v, i, kqn, npan, bp):
                 bp[o + 4 * j + 1] = np.int8(np.int32(r1[t]) - 128)
                 bp[o + 4 * j + 2] = np.int8(np.int32(r2[t]) - 128)
                 bp[o + 4 * j + 3] = np.int8(np.int32(r3[t]) - 128)
-    for k in range(n - n % 4, n):
-        base = (k >> 2) * 128 + (k & 3)
-        for t in range(d):
-            bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
+    _pack_v_s8_tail(v, i, kqn, bp)
 
 
 def _pack_v_indices() -> np.ndarray:
-    """uint8 [6, 64] byte indices of :func:`_pack_v_s8_perm` (flattened) (``vpermi2b``: index < 64 picks from the first
-    table, 64 + i from the second).  Rows 0, 1: pairs of rows 0/1 (or 2/3) of 64 codes, interleaved bytewise
-    for panel 0 / panel 1 (A[2j + u] = R_u[32p + j]); rows 2, 3: two such pairs interleaved by 16-bit words
-    into the panel layout (out[4j + t], j in 0..15 / 16..31); rows 4, 5: the same layout for D = 32 straight
-    from rows 0-1 and 2-3 (64 bytes each)."""
+    """The byte indices of :func:`_pack_v_s8_perm`, uint8 [6, 64] (``vpermi2b``: index i < 64 picks byte i of
+    the first table, 64 + i byte i of the second).  Rows 0, 1: pairs of rows 0/1 (or 2/3) of 64 codes,
+    interleaved bytewise for panel 0 / panel 1 (A[2j + u] = R_u[32p + j]); rows 2, 3: two such pairs
+    interleaved by 16-bit words into the panel layout (out[4j + t], j in 0..15 / 16..31); rows 4, 5: the same
+    layout for D = 32 straight from rows 0-1 and 2-3 (64 bytes each)."""
     ix = np.zeros((6, 64), np.uint8)
     for p in range(2):
         for j in range(32):
@@ -313,8 +320,8 @@ _PACK_V_IX = _pack_v_indices().reshape(-1)  # 1-D for the vector loads
 @njit(cache=True)
 def _pack_v_s8_perm(ptag, v, i, kqn, bp, ix):
     """:func:`_pack_v_s8` for D = 32 or 64 by byte permutes (``vpermi2b``; ``ptag`` GENERIC: its lane-by-lane
-    twin): four rows of codes at a time into the panel layout, ``v - 128`` as ``v ^ 0x80``; the rows past the
-    last multiple of 4 and the zero padding as :func:`_pack_v_s8` does them."""
+    twin): four rows of codes at a time into the panel layout, ``v - 128`` as ``v ^ 0x80``; the zero padding
+    and the rows past the last multiple of 4 (:func:`_pack_v_s8_tail`) as :func:`_pack_v_s8` does them."""
     n, d = v.shape[1], v.shape[2]
     vf = v.reshape(-1)
     flip = splat16(-2139062144)  # 0x80808080: v ^ 0x80 = v - 128 as int8
@@ -349,10 +356,7 @@ def _pack_v_s8_perm(ptag, v, i, kqn, bp, ix):
             r23 = load16(vf, r + 64)
             store16(bq, o, xor32(permb2(ptag, r01, r23, i4), flip))
             store16(bq, o + 64, xor32(permb2(ptag, r01, r23, i5), flip))
-    for k in range(n - n % 4, n):
-        base = (k >> 2) * 128 + (k & 3)
-        for t in range(d):
-            bp[(t >> 5) * kqn * 128 + base + (t & 31) * 4] = np.int8(np.int32(v[i, k, t]) - 128)
+    _pack_v_s8_tail(v, i, kqn, bp)
 
 
 @njit(cache=True)
@@ -796,8 +800,8 @@ def attn_v_shift_fast(
         blo, bhi = _block_code_ranges(tbls, len(bpar))
         st = np.zeros((nb, 128), dtype=np.uint8)
         ptag = simd.NATIVE if simd.has_vbmi() and impl != "generic" else simd.GENERIC
-        _av_vnni(simd.GENERIC if impl == "generic" else _tag(p), ptag, ca, va, z, len(bpar), bpar, bshl, blo, bhi, tbls,
-                 zp, r, q, half_q, mid, out, st, _PACK_V_IX)
+        _av_vnni(simd.GENERIC if impl == "generic" else _tag(p), ptag, ca, va, z, len(bpar), bpar, bshl, blo, bhi,
+                 tbls, zp, r, q, half_q, mid, out, st, _PACK_V_IX)
         if int(st[:, :64].max()) > z or int(st[:, 64:].max()) > cm:
             y = attn_v_shift(*plain)  # a code above Z, one that would be truncated, or one above the tables
             return y.astype(out_dtype)  # (int32: bound proved above)
